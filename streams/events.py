@@ -1,0 +1,157 @@
+"""Event schemas: validated pydantic models, JSON on the wire.
+
+``products``         ProductUpload     (key: item_id)
+``views``            Interaction       (key: user_id; kind "view")
+``purchases``        Interaction       (key: user_id; kind "purchase")
+``user-events``      Interaction       (internal, validated, keyed by user_id)
+``recommendations``  Recommendation    (key: user_id)
+``item-embeddings``  ItemEmbedding     (compacted, key: item_id)
+``dead-letters``     DeadLetter        (original record + reason)
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EventKind = Literal["view", "purchase"]
+
+
+def to_epoch(value: Any) -> float:
+    """Accept epoch seconds (int/float/str) or an ISO-8601 date/datetime; return epoch seconds."""
+    if isinstance(value, bool):
+        raise ValueError("ts must be a number or an ISO date")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        text = value.strip().replace("Z", "+00:00")
+        dt = datetime.fromisoformat(text)
+        if dt.tzinfo is None:
+            from datetime import timezone
+
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    raise ValueError(f"ts must be a number or an ISO date, got {type(value).__name__}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str):
+        return cls.model_validate_json(raw)
+
+
+class ProductUpload(_Model):
+    """A product upload: the image as a file path or base64 bytes."""
+
+    item_id: str = Field(min_length=1, max_length=128)
+    image_path: str | None = None
+    image_b64: str | None = None
+    title: str = ""
+    category: str | None = None
+    product_code: str | None = None
+    price: float | None = None
+    ts: float = Field(default_factory=time.time)
+
+    _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
+
+    @model_validator(mode="after")
+    def _one_image(self) -> ProductUpload:
+        if not self.image_path and not self.image_b64:
+            raise ValueError("product needs image_path or image_b64")
+        return self
+
+    def payload(self) -> dict[str, Any]:
+        """What the vector store keeps beside the vectors."""
+        out: dict[str, Any] = {"item_id": self.item_id, "title": self.title}
+        for name in ("category", "product_code", "price", "image_path"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+class Interaction(_Model):
+    """A view or a purchase; ``kind`` is set from the topic when absent."""
+
+    event_id: str = Field(min_length=1, max_length=256)
+    user_id: str = Field(min_length=1, max_length=256)
+    item_id: str = Field(min_length=1, max_length=128)
+    ts: float
+    kind: EventKind = "view"
+
+    _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
+
+
+class RecItem(_Model):
+    item_id: str
+    score: float
+    reason: str
+
+
+class Recommendation(_Model):
+    user_id: str
+    items: list[RecItem]
+    model_id: str
+    event_id: str | None = None
+    event_ts: float | None = None
+    produced_ts: float = Field(default_factory=time.time)
+    strategy: str = "visual"
+
+
+def encode_vector(vec: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode()
+
+
+def decode_vector(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").copy()
+
+
+class ItemEmbedding(_Model):
+    """Compacted item index entry: a float32 little-endian vector in base64."""
+
+    item_id: str
+    model_id: str
+    vector_b64: str
+    payload: dict[str, Any] = {}
+    ts: float = Field(default_factory=time.time)
+
+    @property
+    def vector(self) -> np.ndarray:
+        return decode_vector(self.vector_b64)
+
+
+class DeadLetter(_Model):
+    """A record the worker could not use, with the reason; nothing is lost."""
+
+    reason: str
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    value_b64: str
+    stage: str = ""
+    ts: float = Field(default_factory=time.time)
+
+    @property
+    def value(self) -> bytes:
+        return base64.b64decode(self.value_b64)
+
+    @classmethod
+    def of(cls, reason: str, topic: str, value: bytes | None, **kw: Any) -> DeadLetter:
+        return cls(reason=reason, topic=topic, value_b64=base64.b64encode(value or b"").decode(), **kw)

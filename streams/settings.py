@@ -1,0 +1,94 @@
+"""One typed settings object for the whole app, read from ``VREC_*`` environment variables.
+
+Defaults are the embedded mode: a local Kafka broker on 127.0.0.1, Qdrant Edge on disk under
+``data_dir``, RocksDB-backed Faust tables, one partition per topic.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+ExcludePolicy = Literal["none", "purchased", "seen"]
+
+
+class TopicNames(BaseSettings):
+    """Kafka topic names; every name gets ``VREC_TOPIC_PREFIX`` in front."""
+
+    model_config = SettingsConfigDict(env_prefix="VREC_TOPIC_", extra="ignore")
+
+    prefix: str = ""
+    products: str = "products"
+    views: str = "views"
+    purchases: str = "purchases"
+    user_events: str = "user-events"
+    recommendations: str = "recommendations"
+    item_embeddings: str = "item-embeddings"
+    dead_letters: str = "dead-letters"
+
+    def full(self, name: str) -> str:
+        return f"{self.prefix}{getattr(self, name)}"
+
+
+class Settings(BaseSettings):
+    """Everything a worker, the replay tools and the CLI need."""
+
+    model_config = SettingsConfigDict(env_prefix="VREC_", extra="ignore")
+
+    # Kafka / Faust
+    broker: str = "127.0.0.1:9092"
+    app_id: str = "vrec"
+    partitions: int = Field(1, ge=1, description="partitions of the topics vrec creates")
+    table_store: str = "rocksdb://"  # "memory://" for throwaway runs
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    web_port: int = 6066
+    web_enabled: bool = False
+    data_dir: Path = REPO_ROOT / "var"
+
+    # vector store
+    store: Literal["edge", "qdrant", "qdrant-local", "qdrant-memory"] = "edge"
+    qdrant_url: str = "http://127.0.0.1:6333"
+    collection: str = "items"
+
+    # encoder
+    model_dir: Path = REPO_ROOT / ".cache" / "models"
+    encoder_batch: int = Field(32, ge=1)
+    encoder_batch_wait_s: float = 0.2
+    encoder_threads: int = 0  # 0: onnxruntime picks
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    image_root: Path | None = None  # relative image paths resolve here
+
+    # user vectors and ranking
+    half_life_days: float = Field(30.0, gt=0)
+    weight_view: float = Field(0.3, ge=0)
+    weight_purchase: float = Field(1.0, ge=0)
+    history_len: int = Field(50, ge=1)
+    max_seen: int = Field(1000, ge=1)
+    exclude: ExcludePolicy = "purchased"
+    top_k: int = Field(12, ge=1)
+    personalise_after: int = Field(1, ge=1, description="events before a user gets visual recs")
+    trending_window_days: float = Field(7.0, gt=0)
+    trending_bucket_s: int = Field(86_400, ge=1)
+
+    topics: TopicNames = Field(default_factory=TopicNames)
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker if "://" in self.broker else f"kafka://{self.broker}"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.split("://", 1)[-1]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
