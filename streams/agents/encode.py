@@ -1,0 +1,88 @@
+"""Encoder agent: products -> decode + embed (off the loop) -> vector store + item-embeddings."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+import faust
+import numpy as np
+from pydantic import ValidationError
+
+from streams.deadletters import DeadLetterSink, describe
+from streams.events import ItemEmbedding, ProductUpload, encode_vector
+from streams.runtime import Runtime
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def resolve_image(product: ProductUpload, image_root: Path | None) -> bytes | Path:
+    """The image source of an upload: decoded base64 bytes, or a path (relative to image_root)."""
+    if product.image_b64:
+        try:
+            return base64.b64decode(product.image_b64, validate=True)
+        except ValueError as exc:
+            raise ValueError(f"image_b64 is not valid base64: {exc}") from exc
+    path = Path(product.image_path or "")
+    if not path.is_absolute() and image_root is not None:
+        path = image_root / path
+    return path
+
+
+def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
+    s = rt.settings
+
+    def load(product: ProductUpload):
+        from encoders import load_image
+
+        src = resolve_image(product, s.image_root)
+        return load_image(src, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+
+    @app.agent(topics.products, name="encode")
+    async def encode(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(s.encoder_batch, within=s.encoder_batch_wait_s):
+            await encode_batch(list(events))
+
+    async def encode_batch(events: list[faust.EventT]) -> None:
+        loop_items: list[tuple[faust.EventT, ProductUpload]] = []
+        for ev in events:
+            try:
+                loop_items.append((ev, ProductUpload.from_bytes(ev.value)))
+            except (ValidationError, ValueError) as exc:
+                await dead.send(describe(exc), ev.value, message=ev.message, stage="encode")
+        futures = [rt.decode_pool.submit(load, p) for _, p in loop_items]
+        good: list[tuple[faust.EventT, ProductUpload]] = []
+        images = []
+        for (ev, product), fut in zip(loop_items, futures):
+            try:
+                images.append(await _wrap(fut))
+                good.append((ev, product))
+            except Exception as exc:  # noqa: BLE001 - any bad image is a dead letter
+                await dead.send(f"image: {exc}", ev.value, message=ev.message, stage="encode")
+        if not good:
+            return
+        vectors: np.ndarray = await rt.in_encoder(rt.encoder.embed_images, images)
+        from streams.store import StoredItem
+
+        items = [
+            StoredItem(p.item_id, {"image": v}, p.payload()) for (_, p), v in zip(good, vectors)
+        ]
+        await rt.in_store(rt.store.upsert, items)
+        for (_, product), vec in zip(good, vectors):
+            out = ItemEmbedding(
+                item_id=product.item_id,
+                model_id=rt.model_id,
+                vector_b64=encode_vector(vec),
+                payload=product.payload(),
+                ts=product.ts,
+            )
+            await topics.item_embeddings.send(key=product.item_id.encode(), value=out.to_bytes())
+        log.info("embedded %d products (%d dead letters so far)", len(good), dead.count)
+
+
+async def _wrap(fut):
+    import asyncio
+
+    return await asyncio.wrap_future(fut)

@@ -1,0 +1,90 @@
+"""User agent: user-events -> fold into the user table -> rank -> recommendations.
+
+State is exactly-once under at-least-once delivery: the user state keeps the last user-events
+offset it folded per partition, so a redelivered event is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import faust
+
+from streams.deadletters import DeadLetterSink
+from streams.events import Interaction
+from streams.recommend import recommend, to_record
+from streams.runtime import Runtime
+from streams.tables import Tables, trending_key
+from streams.topics import Topics
+from streams.userstate import DecayConfig, UserState, fold_event
+
+log = logging.getLogger(__name__)
+
+
+def register(
+    app: faust.App, topics: Topics, tables: Tables, rt: Runtime, dead: DeadLetterSink
+) -> None:
+    s = rt.settings
+    decay = DecayConfig.from_settings(s)
+
+    async def search(unit, limit, exclude):
+        hits = await rt.in_store(
+            rt.store.search, unit, limit, exclude=exclude, with_vectors=True
+        )
+        return [(h.item_id, h.vector) for h in hits]
+
+    @app.agent(topics.user_events, name="users")
+    async def users(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            if not rt.trending_loaded:
+                rt.load_trending(tables.trending)
+            msg = ev.message
+            try:
+                event = Interaction.from_bytes(ev.value)
+            except ValueError as exc:  # user-events is internal; still never crash
+                await dead.send(f"invalid user event: {exc}", ev.value, message=msg, stage="users")
+                continue
+            key = event.user_id.encode()
+            raw = tables.users.get(key)
+            state = UserState.from_bytes(raw) if raw else UserState(event.user_id)
+            if state.already_folded(msg.partition, msg.offset):
+                continue
+            vectors = await rt.in_store(rt.store.get, [event.item_id])
+            vec = vectors.get(event.item_id)
+            if vec is None:
+                await dead.send(
+                    f"unknown item_id {event.item_id!r}", ev.value, message=msg, stage="users"
+                )
+                continue
+            state = fold_event(
+                state,
+                item_id=event.item_id,
+                kind=event.kind,
+                ts=event.ts,
+                vector=vec,
+                config=decay,
+                history_len=s.history_len,
+                max_seen=s.max_seen,
+                partition=msg.partition,
+                offset=msg.offset,
+            )
+            trending = rt.trending_for(msg.partition)
+            bucket, expired = trending.add(event.item_id, event.kind, event.ts)
+            ranked, strategy = await recommend(
+                state, settings=s, trending=trending, search=search
+            )
+            rec = to_record(
+                event.user_id, ranked, strategy,
+                model_id=rt.model_id, event_id=event.event_id, event_ts=event.ts,
+            )
+            await topics.recommendations.send(key=key, value=rec.to_bytes())
+            # Durable state last: a crash before this line redelivers the event.
+            if bucket is not None:
+                counts = trending.counts(bucket, event.item_id)
+                tables.trending[trending_key(msg.partition, bucket, event.item_id)] = (
+                    json.dumps(counts).encode()
+                )
+            for old_bucket, item_id in expired:
+                tables.trending.pop(trending_key(msg.partition, old_bucket, item_id), None)
+            tables.users[key] = state.to_bytes()

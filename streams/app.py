@@ -1,0 +1,63 @@
+"""The Faust application: topics -> agents -> tables/stores -> output.
+
+    products ──encode──> vector store + item-embeddings
+    views ─┐
+           ├─ingest──> user-events ──users──> users table, trending table ──> recommendations
+    purchases┘
+    (bad records from any agent) ──> dead-letters
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from streams.agents import encode, ingest, users
+from streams.deadletters import DeadLetterSink
+from streams.runtime import Runtime
+from streams.settings import Settings
+from streams.tables import Tables
+from streams.topics import Topics
+
+
+@dataclass
+class VrecApp:
+    app: faust.App
+    topics: Topics
+    tables: Tables
+    runtime: Runtime
+    dead_letters: DeadLetterSink
+
+
+def build_app(settings: Settings) -> VrecApp:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store=settings.table_store,
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee=settings.processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        web_host="127.0.0.1",
+        table_cleanup_interval=3600.0,
+        autodiscover=False,
+    )
+    topics = Topics.declare(app, settings)
+    tables = Tables.declare(app, settings)
+    rt = Runtime(settings)
+    dead = DeadLetterSink(topics.dead_letters)
+    encode.register(app, topics, rt, dead)
+    ingest.register(app, topics, rt, dead)
+    users.register(app, topics, tables, rt, dead)
+
+    @app.on_rebalance_complete.connect
+    async def _mirror_stale(sender, **_kw) -> None:  # noqa: ANN001 - Faust signal signature
+        # Assigned partitions may have changed: rebuild the trending mirror on the next event.
+        rt.trending_loaded = False
+
+    return VrecApp(app, topics, tables, rt, dead)

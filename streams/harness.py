@@ -1,0 +1,189 @@
+"""One replay harness for tests, `vrec eval` and the demo: a real worker process, real topics.
+
+    with Pipeline(settings) as pipe:          # starts `vrec worker` as a subprocess
+        pipe.index(products)                  # waits until every product is embedded or dead
+        pipe.replay(events)                   # waits until every event has its outcome
+        recs = pipe.recommendations()
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from streams.events import DeadLetter, Interaction, ItemEmbedding, ProductUpload, Recommendation
+from streams.replay import Record, Replayer, read_topic
+from streams.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude={"topics"}).items():
+        if value is not None:
+            env[f"VREC_{name.upper()}"] = str(value)
+    for name, value in settings.topics.model_dump().items():
+        env[f"VREC_TOPIC_{name.upper()}"] = str(value)
+    return env
+
+
+class WorkerProcess:
+    """`python -m streams.cli worker` with the given settings, logs to a file."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **settings_env(self.settings)}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        """Graceful stop (SIGTERM: Faust commits and flushes); SIGKILL after timeout."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+class Pipeline:
+    """Drive a running worker through recorded input and read what it published."""
+
+    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.worker = WorkerProcess(settings, log_path or settings.data_dir / "worker.log")
+        self.replayer: Replayer | None = None
+        self._counter = None  # a KafkaConsumer used for end offsets
+
+    def __enter__(self) -> Pipeline:
+        from streams.worker import prepare_topics
+
+        prepare_topics(self.settings)
+        self.replayer = Replayer(self.settings)
+        self.worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.replayer is not None:
+            self.replayer.close()
+            self.replayer = None
+        if self._counter is not None:
+            self._counter.close()
+            self._counter = None
+        self.worker.stop()
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.worker.stop(sig)
+        self.worker.start()
+
+    # -- reading outputs -------------------------------------------------------------------
+    def read(self, topic: str, *, until=None, timeout: float = 60.0, idle: float | None = None):
+        return read_topic(self.settings, topic, until=until, timeout=timeout, idle=idle)
+
+    def _wait(self, what: str, done, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.worker.alive:
+                raise PipelineError(f"worker died while waiting for {what}:\n{self.worker.log_tail()}")
+            if done():
+                return
+            time.sleep(0.5)
+        raise PipelineError(f"timed out waiting for {what}:\n{self.worker.log_tail()}")
+
+    def embeddings(self) -> dict[str, ItemEmbedding]:
+        recs = self.read("item_embeddings", idle=1.0, timeout=30)
+        out = {}
+        for r in recs:
+            e = ItemEmbedding.from_bytes(r.value)
+            out[e.item_id] = e
+        return out
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return [DeadLetter.from_bytes(r.value) for r in self.read("dead_letters", idle=1.0, timeout=30)]
+
+    def recommendation_records(self, idle: float = 1.0) -> list[Record]:
+        return self.read("recommendations", idle=idle, timeout=120)
+
+    def recommendations(self) -> list[Recommendation]:
+        return [Recommendation.from_bytes(r.value) for r in self.recommendation_records()]
+
+    # -- driving inputs --------------------------------------------------------------------
+    def index(self, products: Sequence[ProductUpload], timeout: float = 600.0) -> None:
+        """Send products; wait until each is embedded or dead-lettered."""
+        assert self.replayer is not None
+        emb0, dead0 = self._count("item_embeddings"), self._count("dead_letters")
+        n = self.replayer.send_products(products)
+
+        def done() -> bool:
+            return (self._count("item_embeddings") - emb0) + (
+                self._count("dead_letters") - dead0
+            ) >= n
+
+        self._wait(f"{n} products to be indexed", done, timeout)
+
+    def replay(
+        self, events: Sequence[Interaction], speed: float = 0.0, timeout: float = 600.0,
+        progress: bool = False,
+    ) -> None:
+        """Send events; wait until each has a recommendation or a dead letter."""
+        assert self.replayer is not None
+        recs0, dead0 = self._count("recommendations"), self._count("dead_letters")
+        self.replayer.send_events(events, speed=speed, progress=progress)
+        n = len(events)
+
+        def done() -> bool:
+            return (self._count("recommendations") - recs0) + (
+                self._count("dead_letters") - dead0
+            ) >= n
+
+        self._wait(f"{n} events to be processed", done, timeout)
+
+    def _count(self, topic: str) -> int:
+        """Number of records in a topic (sum of end offsets; topics are not compacted)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        if self._counter is None:
+            self._counter = KafkaConsumer(bootstrap_servers=self.settings.bootstrap)
+        name = self.settings.topics.full(topic)
+        parts = self._counter.partitions_for_topic(name) or set()
+        tps = [TopicPartition(name, p) for p in parts]
+        return sum(self._counter.end_offsets(tps).values()) if tps else 0

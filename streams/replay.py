@@ -1,0 +1,214 @@
+"""Recorded logs in, topics out: read H&M CSV / vrec JSONL logs and send them in event order.
+
+vrec JSONL: one object per line with "kind" = "product" | "view" | "purchase" and the fields of
+ProductUpload or Interaction. H&M: items.csv (articles + image_path) and events.csv
+(event_type, t_dat, customer_id, article_id, ..., src_row; replayed in (t_dat, src_row) order).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+from streams.events import Interaction, ProductUpload
+from streams.settings import Settings
+
+
+def _day_ts(day: str) -> float:
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+
+
+def read_hm_items(items_csv: Path, limit: int | None = None) -> list[ProductUpload]:
+    """H&M articles as product uploads; image paths made absolute (relative to the CSV)."""
+    root = Path(items_csv).resolve().parent
+    out: list[ProductUpload] = []
+    with open(items_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            out.append(
+                ProductUpload(
+                    item_id=row["article_id"],
+                    image_path=str(root / row["image_path"]),
+                    title=row.get("prod_name", ""),
+                    category=row.get("product_type_name") or None,
+                    product_code=row.get("product_code") or None,
+                    ts=0.0,
+                )
+            )
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def read_hm_events(events_csv: Path) -> list[Interaction]:
+    """H&M purchases in replay order; event_id is the CSV line number."""
+    rows = []
+    with open(events_csv, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            rows.append((row["t_dat"], int(row.get("src_row") or 0), line, row))
+    rows.sort(key=lambda r: r[:3])
+    return [
+        Interaction(
+            event_id=f"hm:{line}",
+            user_id=row["customer_id"],
+            item_id=row["article_id"],
+            ts=_day_ts(day) + 12 * 3600,
+            kind="purchase" if row.get("event_type", "purchase") == "purchase" else "view",
+        )
+        for day, _, line, row in rows
+    ]
+
+
+def read_jsonl(path: Path) -> tuple[list[ProductUpload], list[Interaction]]:
+    products: list[ProductUpload] = []
+    events: list[Interaction] = []
+    root = Path(path).resolve().parent
+    with open(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            doc = json.loads(line)
+            kind = doc.get("kind")
+            if kind == "product":
+                p = ProductUpload.model_validate(doc)
+                if p.image_path and not Path(p.image_path).is_absolute():
+                    p = p.model_copy(update={"image_path": str(root / p.image_path)})
+                products.append(p)
+            elif kind in ("view", "purchase"):
+                events.append(Interaction.model_validate(doc))
+            else:
+                raise ValueError(f"{path}:{n}: unknown kind {kind!r}")
+    events.sort(key=lambda e: e.ts)  # stable: file order within equal times
+    return products, events
+
+
+def read_log(path: Path) -> tuple[list[ProductUpload], list[Interaction]]:
+    """Products and events of a recorded log (H&M events.csv or vrec JSONL)."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        return [], read_hm_events(path)
+    return read_jsonl(path)
+
+
+def write_jsonl(path: Path, records: Iterable[ProductUpload | Interaction]) -> None:
+    with open(path, "w") as f:
+        for r in records:
+            doc = r.model_dump(exclude_none=True)
+            if isinstance(r, ProductUpload):
+                doc["kind"] = "product"
+            f.write(json.dumps(doc) + "\n")
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes
+    partition: int
+    offset: int
+    topic: str
+
+
+class Replayer:
+    """Sends products and events to vrec's input topics (kafka-python producer)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from kafka import KafkaProducer
+
+        self.settings = settings
+        self.producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap, linger_ms=5, acks="all", retries=5
+        )
+
+    def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.producer.send(self.settings.topics.full(topic), key=key, value=value)
+
+    def send_products(self, products: Iterable[ProductUpload], progress: bool = False) -> int:
+        n = 0
+        for p in tqdm(list(products), desc="products", unit="item", disable=not progress):
+            self.send_raw("products", p.to_bytes(), key=p.item_id.encode())
+            n += 1
+        self.producer.flush()
+        return n
+
+    def send_events(
+        self,
+        events: Iterable[Interaction],
+        speed: float = 0.0,
+        progress: bool = False,
+        on_sent: Callable[[Interaction], None] | None = None,
+    ) -> int:
+        """Send in the given order; speed>0 keeps event-time gaps divided by speed."""
+        events = list(events)
+        start_wall, start_ts, n = time.monotonic(), None, 0
+        for e in tqdm(events, desc="events", unit="ev", disable=not progress):
+            if speed > 0:
+                start_ts = e.ts if start_ts is None else start_ts
+                delay = (e.ts - start_ts) / speed - (time.monotonic() - start_wall)
+                if delay > 0:
+                    self.producer.flush()
+                    time.sleep(delay)
+            topic = "purchases" if e.kind == "purchase" else "views"
+            self.send_raw(topic, e.to_bytes(), key=e.user_id.encode())
+            n += 1
+            if on_sent is not None:
+                on_sent(e)
+        self.producer.flush()
+        return n
+
+    def close(self) -> None:
+        self.producer.flush()
+        self.producer.close()
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    until: Callable[[list[Record]], bool] | None = None,
+    timeout: float = 60.0,
+    idle: float | None = None,
+) -> list[Record]:
+    """Read a topic from the beginning until ``until(records)`` holds, or idle/timeout passes."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    name = settings.topics.full(topic)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    try:
+        parts = None
+        deadline = time.monotonic() + timeout
+        while not parts and time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(name)
+            if not parts:
+                time.sleep(0.2)
+        if not parts:
+            return []
+        tps = [TopicPartition(name, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Record] = []
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200)
+            for tp_records in batch.values():
+                for r in tp_records:
+                    out.append(Record(r.key, r.value, r.partition, r.offset, r.topic))
+            if batch:
+                last_new = time.monotonic()
+            if until is not None and until(out):
+                break
+            if idle is not None and time.monotonic() - last_new > idle:
+                break
+        return out
+    finally:
+        consumer.close()
+
+
+def iter_values(records: Iterable[Record]) -> Iterator[bytes]:
+    for r in records:
+        yield r.value

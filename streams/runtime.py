@@ -1,0 +1,104 @@
+"""What the agents share inside one worker process: store, encoder, executors, state mirrors.
+
+Blocking work never runs on the event loop (heartbeats must not stall): the vector store is used
+from one dedicated thread, ONNX inference from another, image decoding from a small pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from streams.ranking import Trending
+from streams.settings import Settings
+from streams.tables import parse_trending_key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="vrec-store")
+    )
+    encode_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="vrec-encode")
+    )
+    decode_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="vrec-decode")
+    )
+    store: Any = None  # streams.store.VectorStore, opened in the store thread
+    encoder: Any = None  # encoders.ImageEncoder, loaded before the worker starts
+    model_id: str = "none"
+    trending: dict[int, Trending] = field(default_factory=dict)
+    trending_loaded: bool = False
+
+    # -- threads --------------------------------------------------------------------------
+    async def in_store(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.store_pool, lambda: fn(*args, **kw)
+        )
+
+    async def in_encoder(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.encode_pool, fn, *args)
+
+    def open(self) -> None:
+        """Load the encoder and open the vector store (blocking; call before the worker runs)."""
+        from encoders import ImageEncoder, ensure_model
+        from streams.store import open_store
+
+        s = self.settings
+        onnx_path = ensure_model(s.model_dir)
+        self.encoder = ImageEncoder(onnx_path, device=s.device, threads=s.encoder_threads)
+        self.model_id = self.encoder.model_id
+        dims = {"image": self.encoder.dim}
+        self.store = self.store_pool.submit(
+            open_store,
+            s.store,
+            path=s.data_dir / "qdrant",
+            url=s.qdrant_url,
+            collection=s.collection,
+            vector_dims=dims,
+        ).result()
+        log.info("encoder %s on %s; store %s", self.model_id, self.encoder.providers, s.store)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store_pool.submit(self.store.close).result()
+            self.store = None
+        for pool in (self.store_pool, self.encode_pool, self.decode_pool):
+            pool.shutdown(wait=False)
+
+    # -- trending mirrors (rebuilt from the changelog-backed table after recovery) ----------
+    def new_trending(self) -> Trending:
+        s = self.settings
+        return Trending(
+            s.trending_window_days * 86_400.0,
+            s.trending_bucket_s,
+            {"view": s.weight_view, "purchase": s.weight_purchase},
+        )
+
+    def trending_for(self, partition: int) -> Trending:
+        tr = self.trending.get(partition)
+        if tr is None:
+            tr = self.trending[partition] = self.new_trending()
+        return tr
+
+    def load_trending(self, table: Any) -> None:
+        self.trending = {}
+        n = 0
+        for key, value in table.items():
+            if value is None:
+                continue
+            partition, bucket, item_id = parse_trending_key(key)
+            self.trending_for(partition).load_cell(bucket, item_id, json.loads(value))
+            n += 1
+        self.trending_loaded = True
+        log.info("trending restored: %d cells over %d partitions", n, len(self.trending))

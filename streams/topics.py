@@ -1,0 +1,55 @@
+"""Kafka topics of the pipeline: inputs -> internal -> outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from streams.settings import Settings
+
+# Values travel as raw JSON bytes: the agents validate them with pydantic themselves so that a bad
+# record becomes a dead letter instead of a deserialisation crash inside Faust.
+_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+COMPACTED = ("item_embeddings",)
+
+
+@dataclass(frozen=True)
+class Topics:
+    products: faust.TopicT
+    interactions: faust.TopicT  # views + purchases, one stream
+    user_events: faust.TopicT
+    recommendations: faust.TopicT
+    item_embeddings: faust.TopicT
+    dead_letters: faust.TopicT
+
+    @classmethod
+    def declare(cls, app: faust.App, settings: Settings) -> Topics:
+        names = settings.topics
+        p = settings.partitions
+        return cls(
+            products=app.topic(names.full("products"), partitions=p, **_RAW),
+            interactions=app.topic(names.full("views"), names.full("purchases"), **_RAW),
+            user_events=app.topic(names.full("user_events"), partitions=p, **_RAW),
+            recommendations=app.topic(names.full("recommendations"), partitions=p, **_RAW),
+            item_embeddings=app.topic(
+                names.full("item_embeddings"), partitions=p, compacting=True, **_RAW
+            ),
+            dead_letters=app.topic(names.full("dead_letters"), partitions=1, **_RAW),
+        )
+
+
+def all_topic_names(settings: Settings) -> list[str]:
+    t = settings.topics
+    return [
+        t.full(n)
+        for n in (
+            "products", "views", "purchases", "user_events",
+            "recommendations", "item_embeddings", "dead_letters",
+        )
+    ]
+
+
+def compacted_topic_names(settings: Settings) -> list[str]:
+    return [settings.topics.full(n) for n in COMPACTED]

@@ -1,0 +1,36 @@
+"""Run one vrec worker process (all agents) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from streams.app import build_app
+from streams.broker import create_topics
+from streams.settings import Settings
+from streams.topics import all_topic_names, compacted_topic_names
+
+log = logging.getLogger(__name__)
+
+
+def prepare_topics(settings: Settings) -> None:
+    """Create vrec's topics with the configured partitions (idempotent)."""
+    create_topics(
+        settings.bootstrap,
+        all_topic_names(settings),
+        partitions=settings.partitions,
+        compacted=compacted_topic_names(settings),
+    )
+
+
+def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
+    prepare_topics(settings)
+    vrec = build_app(settings)
+    vrec.runtime.open()
+    try:
+        worker = faust.Worker(vrec.app, loglevel=loglevel, quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        vrec.runtime.close()
+    return 0
