@@ -1,0 +1,142 @@
+"""ONNX Runtime image encoder: images -> L2-normalised EfficientNet-Lite0 embeddings."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from .preprocess import preprocess
+
+__all__ = ["ImageEncoder"]
+
+MODEL_NAME = "efficientnet_lite0"  # model_id prefix; also the ONNX file stem
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_ORT_DEFAULT_SEVERITY = 2  # WARNING: onnxruntime's own default
+_QUIET_SEVERITY = 4  # FATAL only: hides the "failed to load CUDA provider" ERROR lines
+
+_probe_lock = threading.Lock()
+_cuda_works: bool | None = None  # None: not probed yet in this process
+
+
+def _options(threads: int, severity: int | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    if severity is not None:
+        opts.log_severity_level = severity
+    return opts
+
+
+def _try_cuda_session(model: bytes, threads: int) -> ort.InferenceSession | None:
+    """Create a CUDA session with all ORT output suppressed; ``None`` if CUDA does not load.
+
+    onnxruntime-gpu lists CUDAExecutionProvider even without the CUDA/cuDNN libraries and, when
+    asked for it, logs a loud error (or prints an "EP Error" banner) before falling back to CPU.
+    """
+    if CUDA not in ort.get_available_providers():
+        return None
+    ort.set_default_logger_severity(_QUIET_SEVERITY)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            sess = ort.InferenceSession(
+                model, sess_options=_options(threads, _QUIET_SEVERITY), providers=[CUDA, CPU]
+            )
+    except Exception:
+        return None
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+    return sess if CUDA in sess.get_providers() else None
+
+
+class ImageEncoder:
+    """Embeds images with an exported EfficientNet-Lite0 ONNX model (see ``encoders.export``).
+
+    ``device``: ``"cpu"``; ``"cuda"`` (raises ``RuntimeError`` if CUDA does not load); or
+    ``"auto"``: CUDA if it truly loads (probed once per process, quietly), else CPU.
+    ``threads`` > 0 sets onnxruntime's intra-op thread count (0: onnxruntime decides).
+
+    Outputs are float32 (N, dim) rows with unit L2 norm (the ONNX graph itself is not
+    normalised). One instance may be used from any thread: ``InferenceSession.run`` is
+    thread-safe and the encoder holds no mutable state after construction.
+    """
+
+    model_id: str
+    dim: int
+    input_size: int
+    providers: list[str]
+
+    def __init__(self, onnx_path: Path, *, device: str = "auto", threads: int = 0) -> None:
+        global _cuda_works
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
+        self.path = Path(onnx_path)
+        try:
+            model = self.path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"ONNX model not found: {self.path} (create it with "
+                "`python -m encoders.export --model-dir DIR`)"
+            ) from None
+        digest = hashlib.sha256(model).hexdigest()
+        self.model_id = f"{MODEL_NAME}-{digest[:12]}"
+        self.sha256 = digest
+
+        sess: ort.InferenceSession | None = None
+        if device == "cuda":
+            sess = _try_cuda_session(model, threads)
+            if sess is None:
+                raise RuntimeError(
+                    "device='cuda' but the CUDA execution provider does not load "
+                    f"(available: {ort.get_available_providers()}); use device='auto' or 'cpu'"
+                )
+        elif device == "auto" and _cuda_works is not False:
+            with _probe_lock:
+                if _cuda_works is not False:
+                    sess = _try_cuda_session(model, threads)
+                    _cuda_works = sess is not None
+        if sess is None:
+            sess = ort.InferenceSession(model, sess_options=_options(threads), providers=[CPU])
+        self._session = sess
+        self.providers = list(sess.get_providers())
+        self.device = "cuda" if CUDA in self.providers else "cpu"
+
+        inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+        self._input_name, self._output_name = inp.name, out.name
+        size = inp.shape[-1]
+        dim = out.shape[-1]
+        if not isinstance(size, int) or not isinstance(dim, int) or inp.shape[-2] != size:
+            raise ValueError(f"{self.path}: expected a fixed square input and output dim, got "
+                             f"input {inp.shape}, output {out.shape}")
+        self.input_size = size
+        self.dim = dim
+
+    def __repr__(self) -> str:
+        return (f"ImageEncoder(model_id={self.model_id!r}, dim={self.dim}, "
+                f"providers={self.providers})")
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Embed a preprocessed batch (N, 3, S, S) -> float32 (N, dim), rows L2-normalised."""
+        batch = np.asarray(batch)
+        expected = (3, self.input_size, self.input_size)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ValueError(f"batch must have shape (N, {', '.join(map(str, expected))}), "
+                             f"got {batch.shape}")
+        if batch.shape[0] == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        out = self._session.run([self._output_name], {self._input_name: batch})[0]
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return (out / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Preprocess (pad to square, resize, normalise) and embed PIL images."""
+        return self.embed(preprocess(images, self.input_size))
