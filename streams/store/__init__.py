@@ -1,0 +1,66 @@
+"""Vector store: one small interface (:class:`VectorStore`), two backends with the same behaviour.
+
+- ``edge``: :class:`EdgeStore`, Qdrant Edge in-process on disk (the embedded default);
+- ``qdrant``: :class:`QdrantClientStore` on a Qdrant server (the production code path);
+- ``qdrant-local`` / ``qdrant-memory``: the same class on qdrant-client's local mode (tests).
+
+Stores are not thread-safe: the worker calls its store from one dedicated thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from streams.store.base import (
+    DEFAULT_PAYLOAD_INDEXES,
+    ITEM_ID_KEY,
+    Hit,
+    StoredItem,
+    VectorStore,
+    point_id,
+)
+from streams.store.client import QdrantClientStore
+from streams.store.edge import EdgeStore
+
+STORE_KINDS: tuple[str, ...] = ("edge", "qdrant", "qdrant-local", "qdrant-memory")
+
+__all__ = [
+    "DEFAULT_PAYLOAD_INDEXES",
+    "ITEM_ID_KEY",
+    "STORE_KINDS",
+    "EdgeStore",
+    "Hit",
+    "QdrantClientStore",
+    "StoredItem",
+    "VectorStore",
+    "open_store",
+    "point_id",
+]
+
+
+def open_store(
+    kind: str,
+    *,
+    path: Path,
+    url: str,
+    collection: str,
+    vector_dims: Mapping[str, int],
+    **options: Any,
+) -> VectorStore:
+    """Open (creating if needed) the store of ``kind``.
+
+    ``path`` is the store directory for ``edge`` and ``qdrant-local``; ``url`` is used by
+    ``qdrant``; ``collection`` by the qdrant-client kinds. ``options`` go to the backend
+    (e.g. ``payload_indexes``, ``exact``, ``hnsw_ef``).
+    """
+    if kind == "edge":
+        return EdgeStore(path, vector_dims, **options)
+    if kind == "qdrant":
+        return QdrantClientStore.from_url(url, collection, vector_dims, **options)
+    if kind == "qdrant-local":
+        return QdrantClientStore.local(path, collection, vector_dims, **options)
+    if kind == "qdrant-memory":
+        return QdrantClientStore.memory(collection, vector_dims, **options)
+    raise ValueError(f"unknown store kind {kind!r}; expected one of {STORE_KINDS}")
