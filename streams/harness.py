@@ -119,6 +119,16 @@ class Pipeline:
     def read(self, topic: str, *, until=None, timeout: float = 60.0, idle: float | None = None):
         return read_topic(self.settings, topic, until=until, timeout=timeout, idle=idle)
 
+    def read_raw(self, full_name: str, *, timeout: float = 60.0, idle: float | None = None):
+        """Read a topic by its full name (e.g. a Faust changelog)."""
+        return read_topic(self.settings, full_name, raw_name=True, timeout=timeout, idle=idle)
+
+    def wait_until(self, what: str, done, timeout: float = 600.0) -> None:
+        self._wait(what, done, timeout)
+
+    def wait_for_recommendations(self, n: int, timeout: float = 600.0) -> None:
+        self._wait(f"{n} recommendations", lambda: self.count("recommendations") >= n, timeout)
+
     def _wait(self, what: str, done, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -150,12 +160,12 @@ class Pipeline:
     def index(self, products: Sequence[ProductUpload], timeout: float = 600.0) -> None:
         """Send products; wait until each is embedded or dead-lettered."""
         assert self.replayer is not None
-        emb0, dead0 = self._count("item_embeddings"), self._count("dead_letters")
+        emb0, dead0 = self.count("item_embeddings"), self.count("dead_letters")
         n = self.replayer.send_products(products)
 
         def done() -> bool:
-            return (self._count("item_embeddings") - emb0) + (
-                self._count("dead_letters") - dead0
+            return (self.count("item_embeddings") - emb0) + (
+                self.count("dead_letters") - dead0
             ) >= n
 
         self._wait(f"{n} products to be indexed", done, timeout)
@@ -166,18 +176,18 @@ class Pipeline:
     ) -> None:
         """Send events; wait until each has a recommendation or a dead letter."""
         assert self.replayer is not None
-        recs0, dead0 = self._count("recommendations"), self._count("dead_letters")
+        recs0, dead0 = self.count("recommendations"), self.count("dead_letters")
         self.replayer.send_events(events, speed=speed, progress=progress)
         n = len(events)
 
         def done() -> bool:
-            return (self._count("recommendations") - recs0) + (
-                self._count("dead_letters") - dead0
+            return (self.count("recommendations") - recs0) + (
+                self.count("dead_letters") - dead0
             ) >= n
 
         self._wait(f"{n} events to be processed", done, timeout)
 
-    def _count(self, topic: str) -> int:
+    def count(self, topic: str) -> int:
         """Number of records in a topic (sum of end offsets; topics are not compacted)."""
         from kafka import KafkaConsumer, TopicPartition
 

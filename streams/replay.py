@@ -173,12 +173,20 @@ def read_topic(
     until: Callable[[list[Record]], bool] | None = None,
     timeout: float = 60.0,
     idle: float | None = None,
+    raw_name: bool = False,
 ) -> list[Record]:
-    """Read a topic from the beginning until ``until(records)`` holds, or idle/timeout passes."""
+    """Read a topic from the beginning until ``until(records)`` holds, or idle/timeout passes.
+
+    Only committed records are read (aborted transactions of an exactly-once worker are not).
+    """
     from kafka import KafkaConsumer, TopicPartition
 
-    name = settings.topics.full(topic)
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    name = topic if raw_name else settings.topics.full(topic)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
     try:
         parts = None
         deadline = time.monotonic() + timeout

@@ -8,7 +8,14 @@ import faust
 
 from streams.settings import Settings
 
-_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def _raw_table(app: faust.App, name: str, partitions: int) -> faust.TableT:
+    """A table of raw bytes keys/values (Faust would pick JSON from the types otherwise)."""
+    table = app.Table(name, default=None, partitions=partitions, key_type=bytes, value_type=bytes)
+    table.key_serializer = "raw"
+    table.value_serializer = "raw"
+    return table
 
 
 @dataclass(frozen=True)
@@ -20,8 +27,8 @@ class Tables:
     def declare(cls, app: faust.App, settings: Settings) -> Tables:
         p = settings.partitions
         return cls(
-            users=app.Table("users", default=None, partitions=p, **_RAW),
-            trending=app.Table("trending", default=None, partitions=p, **_RAW),
+            users=_raw_table(app, "users", p),
+            trending=_raw_table(app, "trending", p),
         )
 
 

@@ -6,8 +6,10 @@ terms decay by the same factor as time passes, the mean ``acc / wsum`` *is* the 
 later time, and the fold does not depend on the order the events arrive in. ``ref_ts`` is moved
 forward (rescaling ``acc`` and ``wsum``) when the exponent grows large, so nothing overflows.
 
-``UserState`` also keeps the recent history, the set of seen/purchased items and, for idempotent
-replays, the last input offset folded per partition.
+``UserState`` also keeps the recent history (with event ids), the set of seen/purchased items and,
+for idempotent replays, the last input offset folded per partition: an event is folded once even
+when Kafka delivers it twice (same offset) or an upstream retry re-sends it (same event id, within
+the recent history).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class HistoryEntry:
     item_id: str
     kind: str
     ts: float
+    event_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,12 @@ class UserState:
             return None
         return self.acc / self.wsum
 
-    def already_folded(self, partition: int, offset: int) -> bool:
+    def already_folded(self, partition: int, offset: int, event_id: str = "") -> bool:
+        """True for a redelivered input (offset already folded) or a repeated event id."""
         last = self.offsets.get(partition)
-        return last is not None and offset <= last
+        if last is not None and offset <= last:
+            return True
+        return bool(event_id) and any(h.event_id == event_id for h in self.history)
 
     # -- serialisation (Faust table values are raw bytes) ------------------------------------
     def to_bytes(self) -> bytes:
@@ -76,7 +82,7 @@ class UserState:
             "ref_ts": self.ref_ts,
             "last_ts": self.last_ts,
             "n_events": self.n_events,
-            "history": [[h.item_id, h.kind, h.ts] for h in self.history],
+            "history": [[h.item_id, h.kind, h.ts, h.event_id] for h in self.history],
             "seen": list(self.seen),
             "purchased": list(self.purchased),
             "offsets": {str(p): o for p, o in self.offsets.items()},
@@ -94,7 +100,7 @@ class UserState:
             ref_ts=doc["ref_ts"],
             last_ts=doc["last_ts"],
             n_events=doc["n_events"],
-            history=tuple(HistoryEntry(i, k, t) for i, k, t in doc["history"]),
+            history=tuple(HistoryEntry(*h) for h in doc["history"]),
             seen=tuple(doc["seen"]),
             purchased=tuple(doc["purchased"]),
             offsets={int(p): o for p, o in doc["offsets"].items()},
@@ -120,6 +126,7 @@ def fold_event(
     max_seen: int = 1000,
     partition: int | None = None,
     offset: int | None = None,
+    event_id: str = "",
 ) -> UserState:
     """Fold one event into the user's state and return the new state (the input is unchanged)."""
     weight = float(config.kind_weights.get(kind, 0.0))
@@ -136,7 +143,7 @@ def fold_event(
     if weight > 0:
         acc = v * w if acc is None else acc + v * w
         wsum = wsum + w
-    history = state.history + (HistoryEntry(item_id, kind, ts),)
+    history = state.history + (HistoryEntry(item_id, kind, ts, event_id),)
     offsets = dict(state.offsets)
     if partition is not None and offset is not None:
         offsets[partition] = max(offset, offsets.get(partition, -1))

@@ -48,7 +48,7 @@ def register(
             key = event.user_id.encode()
             raw = tables.users.get(key)
             state = UserState.from_bytes(raw) if raw else UserState(event.user_id)
-            if state.already_folded(msg.partition, msg.offset):
+            if state.already_folded(msg.partition, msg.offset, event.event_id):
                 continue
             vectors = await rt.in_store(rt.store.get, [event.item_id])
             vec = vectors.get(event.item_id)
@@ -68,6 +68,7 @@ def register(
                 max_seen=s.max_seen,
                 partition=msg.partition,
                 offset=msg.offset,
+                event_id=event.event_id,
             )
             trending = rt.trending_for(msg.partition)
             bucket, expired = trending.add(event.item_id, event.kind, event.ts)

@@ -1,0 +1,111 @@
+"""The ``vrec`` command line: worker, broker, replay, demo, export-model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from streams.settings import REPO_ROOT, Settings, get_settings
+
+SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(get_settings(), loglevel=args.loglevel)
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import broker_cli
+
+    return broker_cli(args.rest)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from encoders import ensure_model
+
+    print(ensure_model(args.model_dir or get_settings().model_dir))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from streams.replay import Replayer, read_hm_items, read_log
+    from streams.worker import prepare_topics
+
+    settings = get_settings()
+    prepare_topics(settings)
+    products, events = read_log(args.log) if args.log else ([], [])
+    if args.items:
+        products = read_hm_items(args.items, limit=args.limit_items) + products
+    replayer = Replayer(settings)
+    try:
+        if products:
+            n = replayer.send_products(products, progress=True)
+            print(f"sent {n} products to {settings.topics.full('products')}")
+        if events:
+            n = replayer.send_events(events, speed=args.speed, progress=True)
+            print(f"sent {n} events (speed {args.speed or 'max'})")
+    finally:
+        replayer.close()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(
+        items=args.items or SAMPLE / "items.csv",
+        log=args.log or SAMPLE / "events.jsonl",
+        users=args.users,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vrec", description="Streaming visual recommender")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run a Faust worker with all agents")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("broker", help="local Kafka broker: start | stop | status", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("export-model", help="export the ONNX image encoder (needs torch)")
+    p.add_argument("--model-dir", type=Path)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("replay", help="send a recorded log (H&M CSV or vrec JSONL) to the topics")
+    p.add_argument("log", type=Path, nargs="?", help="events.csv (H&M) or log.jsonl (vrec)")
+    p.add_argument("--items", type=Path, help="H&M items.csv to upload as products first")
+    p.add_argument("--limit-items", type=int)
+    p.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = as fast as possible")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("demo", help="broker + worker + sample catalogue + replay, then show recs")
+    p.add_argument("--items", type=Path, help=f"default: {SAMPLE / 'items.csv'}")
+    p.add_argument("--log", type=Path, help=f"default: {SAMPLE / 'events.jsonl'}")
+    p.add_argument("--users", type=int, default=3, help="how many users to show")
+    p.set_defaults(func=_cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Settings", "build_parser", "main"]
