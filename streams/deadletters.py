@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import faust
@@ -13,6 +14,8 @@ log = logging.getLogger(__name__)
 
 def describe(exc: BaseException) -> str:
     """A short, clear reason from a validation or decoding error."""
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return f"invalid JSON: {exc}"
     errors = getattr(exc, "errors", None)
     if callable(errors):
         try:

@@ -1,0 +1,457 @@
+"""streams.ranking (visual similarity, fill, Trending) and streams.recommend (strategy choice)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
+from streams.recommend import recommend
+from streams.settings import Settings
+from streams.userstate import DecayConfig, UserState, fold_event
+
+# ---------------------------------------------------------------- rank_by_similarity
+
+
+def _cosine_reference(u: np.ndarray, cands: list[tuple[str, np.ndarray]]) -> list[tuple[str, float]]:
+    un = u / np.linalg.norm(u)
+    out = []
+    for i, v in cands:
+        out.append((i, float(np.dot(v, un) / np.linalg.norm(v))))
+    return sorted(out, key=lambda t: (-t[1], t[0]))
+
+
+def test_rank_by_similarity_matches_numpy_cosine():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=32)
+    cands = [(f"item{n:02d}", rng.normal(size=32).astype(np.float32)) for n in range(25)]
+    ref = _cosine_reference(u, [(i, v.astype(np.float64)) for i, v in cands])
+    got = rank_by_similarity(u, cands, k=10)
+    assert [s.item_id for s in got] == [i for i, _ in ref[:10]]
+    np.testing.assert_allclose([s.score for s in got], [s for _, s in ref[:10]], rtol=0, atol=1e-12)
+    assert all(isinstance(s.score, float) for s in got)
+    assert all(s.reason == "visual" for s in got)
+    scores = [s.score for s in got]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_rank_by_similarity_hand_values_and_reason():
+    u = np.array([1.0, 0.0])
+    cands = [("x", np.array([0.0, 2.0])), ("y", np.array([3.0, 4.0])), ("z", np.array([-1.0, 0.0]))]
+    got = rank_by_similarity(u, cands, k=3, reason="why")
+    assert [(s.item_id, s.reason) for s in got] == [("y", "why"), ("x", "why"), ("z", "why")]
+    assert got[0].score == pytest.approx(0.6, abs=1e-15)
+    assert got[1].score == pytest.approx(0.0, abs=1e-15)
+    assert got[2].score == pytest.approx(-1.0, abs=1e-15)
+
+
+def test_rank_by_similarity_ties_broken_by_item_id():
+    v = np.array([0.3, 0.4, 0.5])
+    u = np.array([1.0, 1.0, 0.0])
+    cands = [("c", v.copy()), ("a", v.copy()), ("b", v.copy()), ("d", np.array([0.0, 0.0, 1.0]))]
+    got = rank_by_similarity(u, cands, k=4)
+    assert [s.item_id for s in got] == ["a", "b", "c", "d"]
+    assert got[0].score == got[1].score == got[2].score
+    # same result whatever the candidate order
+    got2 = rank_by_similarity(u, list(reversed(cands)), k=4)
+    assert got2 == got
+
+
+def test_rank_by_similarity_exclusion():
+    u = np.array([1.0, 0.0])
+    cands = [("a", np.array([1.0, 0.0])), ("b", np.array([1.0, 0.1])), ("c", np.array([0.0, 1.0]))]
+    got = rank_by_similarity(u, cands, k=3, exclude={"a"})
+    assert [s.item_id for s in got] == ["b", "c"]
+    assert rank_by_similarity(u, cands, k=3, exclude={"a", "b", "c"}) == []
+
+
+def test_rank_by_similarity_k_larger_than_candidates_and_k_zero():
+    u = np.array([1.0, 0.0])
+    cands = [("a", np.array([1.0, 0.0])), ("b", np.array([0.0, 1.0]))]
+    assert [s.item_id for s in rank_by_similarity(u, cands, k=100)] == ["a", "b"]
+    assert rank_by_similarity(u, cands, k=0) == []
+    assert rank_by_similarity(u, [], k=5) == []
+
+
+def test_rank_by_similarity_zero_user_vector_gives_empty():
+    cands = [("a", np.array([1.0, 0.0])), ("b", np.array([0.0, 1.0]))]
+    assert rank_by_similarity(np.zeros(2), cands, k=5) == []
+
+
+def test_rank_by_similarity_zero_candidate_vector_scores_zero_not_nan():
+    u = np.array([1.0, 0.0])
+    got = rank_by_similarity(u, [("z", np.zeros(2)), ("a", np.array([-1.0, 0.0]))], k=2)
+    assert [s.item_id for s in got] == ["z", "a"]
+    assert got[0].score == 0.0 and not math.isnan(got[0].score)
+
+
+def test_rank_is_scale_invariant_in_user_vector():
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=8)
+    cands = [(f"i{n}", rng.normal(size=8)) for n in range(10)]
+    a = rank_by_similarity(u, cands, k=10)
+    b = rank_by_similarity(u * 1e6, cands, k=10)
+    assert [s.item_id for s in a] == [s.item_id for s in b]
+    np.testing.assert_allclose([s.score for s in a], [s.score for s in b], atol=1e-12)
+
+
+# ---------------------------------------------------------------- fill
+
+
+def _s(item_id: str, score: float = 1.0, reason: str = "visual") -> Scored:
+    return Scored(item_id, score, reason)
+
+
+def test_fill_keeps_primary_order_and_skips_duplicates():
+    primary = [_s("a", 0.9), _s("b", 0.5)]
+    filler = [_s("b", 10, "trending"), _s("c", 9, "trending"), _s("a", 8, "trending"),
+              _s("d", 7, "trending")]
+    assert fill(primary, filler, 3) == [_s("a", 0.9), _s("b", 0.5), _s("c", 9, "trending")]
+    assert fill(primary, filler, 10) == [
+        _s("a", 0.9), _s("b", 0.5), _s("c", 9, "trending"), _s("d", 7, "trending")
+    ]
+
+
+def test_fill_truncates_primary_and_handles_empty_inputs():
+    primary = [_s("a"), _s("b"), _s("c")]
+    assert fill(primary, [_s("z")], 2) == [_s("a"), _s("b")]
+    assert fill([], [_s("x"), _s("x"), _s("y")], 5) == [_s("x"), _s("y")]
+    assert fill(primary, [], 5) == primary
+    assert fill(primary, [_s("z")], 0) == []
+
+
+# ---------------------------------------------------------------- Trending
+
+KW = {"view": 1.0, "purchase": 3.0}  # kinds are sorted: ("purchase", "view")
+
+
+def _trending(window_s: float = 30.0, bucket_s: int = 10) -> Trending:
+    return Trending(window_s=window_s, bucket_s=bucket_s, kind_weights=KW)
+
+
+def test_trending_counts_within_window():
+    t = _trending()
+    assert t.n_buckets == 3
+    assert t.kinds == ("purchase", "view")
+    assert t.add("a", "view", 0.0) == (0, [])
+    assert t.add("a", "view", 5.0) == (0, [])
+    assert t.add("a", "purchase", 15.0) == (1, [])
+    assert t.add("b", "view", 29.9, count=4) == (2, [])
+    assert t.counts(0, "a") == [0, 2]
+    assert t.counts(1, "a") == [1, 0]
+    assert t.counts(2, "b") == [0, 4]
+    assert t.counts(2, "zzz") == [0, 0]
+    assert t.score("a") == 2 * 1.0 + 1 * 3.0
+    assert t.score("b") == 4.0
+    assert t.score("nobody") == 0.0
+    assert t.top(10) == [("a", 5.0), ("b", 4.0)]
+
+
+def test_trending_expiry_returns_expired_cells():
+    t = _trending()
+    t.add("a", "view", 0.0)
+    t.add("b", "view", 1.0)
+    t.add("a", "purchase", 12.0)
+    t.add("c", "view", 25.0)
+    bucket, expired = t.add("c", "view", 30.0)  # bucket 3: window is now buckets 1..3
+    assert bucket == 3
+    assert sorted(expired) == [(0, "a"), (0, "b")]
+    assert t.score("a") == 3.0  # only the purchase in bucket 1 is left
+    assert t.score("b") == 0.0
+    assert "b" not in t.totals  # nothing left: the item is dropped, not kept at zero
+    assert t.counts(0, "a") == [0, 0]
+    # jump far ahead: everything expires
+    bucket, expired = t.add("d", "view", 1000.0)
+    assert bucket == 100
+    assert sorted(expired) == [(1, "a"), (2, "c"), (3, "c")]
+    assert t.top(10) == [("d", 1.0)]
+    assert set(t.totals) == {"d"}
+
+
+def test_trending_late_events_ignored():
+    t = _trending()
+    t.add("a", "view", 35.0)  # now bucket 3, window buckets 1..3
+    assert t.add("late", "purchase", 5.0) == (None, [])  # bucket 0: too old
+    assert t.score("late") == 0.0
+    assert t.top(10) == [("a", 1.0)]
+    assert t.add("ok", "view", 10.0) == (1, [])  # bucket 1 is still inside the window
+    assert t.score("ok") == 1.0
+    assert t.now_bucket == 3  # a late event never moves the window
+
+
+def test_trending_top_ordering_weights_tie_break_and_exclude():
+    t = _trending(window_s=100.0, bucket_s=100)
+    t.add("v3", "view", 1.0, count=3)  # 3.0
+    t.add("p1", "purchase", 2.0)  # 3.0 (tie with v3, by id: p1 first)
+    t.add("mix", "view", 3.0)
+    t.add("mix", "purchase", 4.0)  # 4.0
+    t.add("z", "view", 5.0)  # 1.0
+    t.add("a", "view", 6.0)  # 1.0 (tie with z: a first)
+    assert t.top(10) == [("mix", 4.0), ("p1", 3.0), ("v3", 3.0), ("a", 1.0), ("z", 1.0)]
+    assert t.top(2) == [("mix", 4.0), ("p1", 3.0)]
+    assert t.top(0) == []
+    assert t.top(10, exclude={"mix", "a"}) == [("p1", 3.0), ("v3", 3.0), ("z", 1.0)]
+    assert [s.item_id for s in top_trending(t, 3, exclude={"p1"})] == ["mix", "v3", "a"]
+    assert all(s.reason == "trending" for s in top_trending(t, 3))
+
+
+def test_trending_zero_weight_items_not_listed():
+    t = Trending(window_s=10.0, bucket_s=10, kind_weights={"view": 0.0, "purchase": 1.0})
+    t.add("viewed", "view", 1.0, count=5)
+    t.add("bought", "purchase", 2.0)
+    assert t.top(10) == [("bought", 1.0)]
+
+
+def test_trending_window_rounds_up_to_whole_buckets():
+    assert Trending(window_s=25.0, bucket_s=10, kind_weights=KW).n_buckets == 3
+    assert Trending(window_s=1.0, bucket_s=10, kind_weights=KW).n_buckets == 1
+
+
+def _brute_force(events, now_bucket: int, n_buckets: int) -> dict[str, list[int]]:
+    kinds = ("purchase", "view")
+    out: dict[str, list[int]] = {}
+    for bucket, item, kind, count in events:
+        if bucket > now_bucket - n_buckets:
+            out.setdefault(item, [0, 0])[kinds.index(kind)] += count
+    return {i: c for i, c in out.items() if any(c)}
+
+
+def _expected_top(counts: dict[str, list[int]], k: int) -> list[tuple[str, float]]:
+    scored = [(i, float(3.0 * c[0] + 1.0 * c[1])) for i, c in counts.items()]
+    return sorted([x for x in scored if x[1] > 0], key=lambda x: (-x[1], x[0]))[:k]
+
+
+def test_trending_counts_do_not_drift_over_many_add_expire_cycles():
+    rng = random.Random(42)
+    t = _trending(window_s=50.0, bucket_s=10)
+    accepted = []
+    now = None
+    ts = 0.0
+    for step in range(5000):
+        # mostly forward, sometimes late (possibly out of the window)
+        ts = ts + rng.uniform(0, 4) if rng.random() < 0.8 else ts
+        ev_ts = ts - rng.uniform(0, 80) if rng.random() < 0.2 else ts
+        item = f"i{rng.randrange(15)}"
+        kind = rng.choice(["view", "purchase"])
+        count = rng.randint(1, 3)
+        bucket = int(ev_ts // 10)
+        now = bucket if now is None else max(now, bucket)
+        expect_in = bucket > now - t.n_buckets
+        got_bucket, _ = t.add(item, kind, ev_ts, count=count)
+        assert (got_bucket is not None) == expect_in
+        if expect_in:
+            assert got_bucket == bucket
+            accepted.append((bucket, item, kind, count))
+        if step % 250 == 0 or step == 4999:
+            expected = _brute_force(accepted, now, t.n_buckets)
+            assert {i: list(c) for i, c in t.totals.items()} == expected
+            assert t.top(100) == _expected_top(expected, 100)
+            # the per-bucket cells also sum to the totals
+            summed: dict[str, Counter] = {}
+            for _, item_id, counts in t.cells():
+                summed.setdefault(item_id, Counter()).update(dict(enumerate(counts)))
+            assert {i: [c[0], c[1]] for i, c in summed.items()} == expected
+    assert t.now_bucket == now
+
+
+def _populated() -> Trending:
+    rng = random.Random(5)
+    t = _trending(window_s=40.0, bucket_s=10)
+    for n in range(300):
+        t.add(f"i{rng.randrange(12)}", rng.choice(["view", "purchase"]), n * 0.3 + rng.uniform(0, 3))
+    return t
+
+
+def test_cells_load_cell_round_trip_rebuilds_same_top():
+    t = _populated()
+    cells = [(b, i, list(c)) for b, i, c in t.cells()]
+    assert len(cells) > 10
+    for seed in [None, 1, 2, 3]:
+        order = cells[:]
+        if seed is not None:
+            random.Random(seed).shuffle(order)
+        r = _trending(window_s=40.0, bucket_s=10)
+        for b, i, c in order:
+            r.load_cell(b, i, c)
+        assert r.now_bucket == t.now_bucket
+        assert r.top(100) == t.top(100)
+        assert {i: list(c) for i, c in r.totals.items()} == {i: list(c) for i, c in t.totals.items()}
+        assert sorted((b, i, list(c)) for b, i, c in r.cells()) == sorted(cells)
+
+
+def test_load_cell_restores_continuing_state():
+    t = _populated()
+    cells = [(b, i, list(c)) for b, i, c in t.cells()]
+    random.Random(9).shuffle(cells)
+    r = _trending(window_s=40.0, bucket_s=10)
+    for b, i, c in cells:
+        r.load_cell(b, i, c)
+    # the same future events give the same list and expire the same cells
+    for ts, item, kind in [(100.0, "i1", "view"), (115.0, "i2", "purchase"), (160.0, "i3", "view")]:
+        ba, ea = t.add(item, kind, ts)
+        bb, eb = r.add(item, kind, ts)
+        assert ba == bb
+        assert sorted(ea) == sorted(eb)
+        assert r.top(100) == t.top(100)
+
+
+def test_load_cell_skips_stale_cells_in_any_order():
+    t = _populated()
+    cells = [(b, i, list(c)) for b, i, c in t.cells()]
+    stale = [(t.now_bucket - t.n_buckets, "ghost", [5, 5]), (t.now_bucket - 50, "i1", [9, 9])]
+    for seed in range(4):
+        order = cells + stale
+        random.Random(seed).shuffle(order)
+        r = _trending(window_s=40.0, bucket_s=10)
+        for b, i, c in order:
+            r.load_cell(b, i, c)
+        assert r.top(100) == t.top(100)
+        assert "ghost" not in r.totals
+
+
+def test_load_cell_same_cell_twice_is_idempotent():
+    r = _trending()
+    r.load_cell(5, "a", [1, 2])
+    r.load_cell(5, "a", [1, 2])
+    assert r.score("a") == 1 * 3.0 + 2 * 1.0
+    r.load_cell(5, "a", [0, 4])  # an updated value replaces the old one
+    assert r.score("a") == 4.0
+    assert r.counts(5, "a") == [0, 4]
+
+
+# ---------------------------------------------------------------- recommend()
+
+
+def _settings(**kw) -> Settings:
+    base = dict(top_k=3, personalise_after=2, exclude="purchased", weight_view=0.3,
+                weight_purchase=1.0, half_life_days=1.0)
+    base.update(kw)
+    return Settings(**base)
+
+
+CATALOGUE = {
+    "p": np.array([1.0, 0.0], dtype=np.float32),
+    "q": np.array([0.8, 0.6], dtype=np.float32),
+    "r": np.array([0.0, 1.0], dtype=np.float32),
+}
+
+
+class InMemorySearch:
+    """The vector store dependency: exact cosine search over an in-memory catalogue."""
+
+    def __init__(self, catalogue: dict[str, np.ndarray]) -> None:
+        self.catalogue = catalogue
+        self.calls: list[tuple[np.ndarray, int, frozenset[str]]] = []
+
+    async def __call__(self, unit, limit, exclude):
+        self.calls.append((unit, limit, exclude))
+        hits = [
+            (i, v) for i, v in self.catalogue.items() if i not in exclude
+        ]
+        hits.sort(key=lambda h: -float(np.dot(h[1], unit) / np.linalg.norm(h[1])))
+        return hits[:limit]
+
+
+def _user(settings: Settings, events) -> UserState:
+    cfg = DecayConfig.from_settings(settings)
+    s = UserState("u")
+    for item_id, kind, ts in events:
+        s = fold_event(s, item_id=item_id, kind=kind, ts=ts, vector=CATALOGUE[item_id], config=cfg)
+    return s
+
+
+def _trending_for_recs() -> Trending:
+    t = Trending(window_s=86_400.0, bucket_s=3600, kind_weights={"view": 1.0, "purchase": 1.0})
+    t.add("p", "view", 0.0, count=10)  # purchased by the user: excluded
+    t.add("t1", "view", 0.0, count=5)
+    t.add("q", "view", 0.0, count=4)
+    t.add("t2", "view", 0.0, count=3)
+    return t
+
+
+def test_recommend_cold_user_gets_trending():
+    settings = _settings()
+    state = _user(settings, [("p", "purchase", 0.0)])  # 1 event < personalise_after=2
+    search = InMemorySearch(CATALOGUE)
+    ranked, strategy = asyncio.run(
+        recommend(state, settings=settings, trending=_trending_for_recs(), search=search)
+    )
+    assert strategy == "trending"
+    assert [(s.item_id, s.score, s.reason) for s in ranked] == [
+        ("t1", 5.0, "trending"), ("q", 4.0, "trending"), ("t2", 3.0, "trending")
+    ]
+    assert search.calls == []
+
+
+def test_recommend_user_without_vector_gets_trending():
+    settings = _settings(weight_view=0.0)
+    state = _user(settings, [("q", "view", 0.0), ("r", "view", 1.0)])
+    assert state.n_events == 2 and state.vector is None
+    search = InMemorySearch(CATALOGUE)
+    ranked, strategy = asyncio.run(
+        recommend(state, settings=settings, trending=_trending_for_recs(), search=search)
+    )
+    assert strategy == "trending"
+    assert [s.item_id for s in ranked] == ["p", "t1", "q"]  # nothing purchased: nothing excluded
+    assert search.calls == []
+
+
+def test_recommend_warm_user_visual_with_trending_filler():
+    settings = _settings()
+    # purchase p (w=1.0) and view r (w=0.3) at the same time: vector [1, 0.3] / 1.3
+    state = _user(settings, [("p", "purchase", 0.0), ("r", "view", 0.0)])
+    search = InMemorySearch(CATALOGUE)
+    ranked, strategy = asyncio.run(
+        recommend(state, settings=settings, trending=_trending_for_recs(), search=search)
+    )
+    assert strategy == "visual"
+    norm = math.sqrt(1.0 + 0.09)
+    q_score = (0.8 * 1.0 + 0.6 * 0.3) / norm  # q is a unit vector
+    r_score = 0.3 / norm
+    assert [(s.item_id, s.reason) for s in ranked] == [
+        ("q", "visual"), ("r", "visual"), ("t1", "trending")
+    ]
+    assert ranked[0].score == pytest.approx(q_score, abs=1e-6)  # q stored as float32
+    assert ranked[1].score == pytest.approx(r_score, abs=1e-6)
+    assert ranked[2].score == 5.0
+    # the dependency was asked for 2k candidates without the purchased item, with a unit vector
+    (unit, limit, exclude), = search.calls
+    assert limit == 2 * settings.top_k
+    assert exclude == frozenset({"p"})
+    assert unit.dtype == np.float32
+    assert float(np.linalg.norm(unit)) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(unit, np.array([1.0, 0.3]) / norm, atol=1e-6)
+
+
+def test_recommend_warm_user_exclusion_seen_policy():
+    settings = _settings(exclude="seen")
+    state = _user(settings, [("p", "purchase", 0.0), ("r", "view", 0.0)])
+    search = InMemorySearch(CATALOGUE)
+    ranked, strategy = asyncio.run(
+        recommend(state, settings=settings, trending=_trending_for_recs(), search=search)
+    )
+    assert strategy == "visual"
+    assert [(s.item_id, s.reason) for s in ranked] == [
+        ("q", "visual"), ("t1", "trending"), ("t2", "trending")
+    ]
+    assert search.calls[0][2] == frozenset({"p", "r"})
+
+
+def test_recommend_excludes_even_if_search_returns_excluded_items():
+    # a store that ignores the exclusion filter: the pure ranker still drops the items
+    settings = _settings()
+    state = _user(settings, [("p", "purchase", 0.0), ("r", "view", 0.0)])
+
+    async def leaky(unit, limit, exclude):
+        return list(CATALOGUE.items())[:limit]
+
+    ranked, _ = asyncio.run(
+        recommend(state, settings=settings, trending=_trending_for_recs(), search=leaky)
+    )
+    assert "p" not in [s.item_id for s in ranked]
+    assert [s.item_id for s in ranked] == ["q", "r", "t1"]
