@@ -210,7 +210,12 @@ def test_dead_letter_keeps_original_bytes():
     back = DeadLetter.from_bytes(d.to_bytes())
     assert back.value == original
     assert (back.reason, back.topic, back.partition, back.offset, back.key, back.stage) == (
-        "bad", "views", 2, 17, "u1", "ingest"
+        "bad",
+        "views",
+        2,
+        17,
+        "u1",
+        "ingest",
     )
     assert DeadLetter.of("empty", "views", None).value == b""
 
@@ -240,18 +245,27 @@ def test_describe_missing_field_and_model_level_error():
 def test_describe_caps_at_five_errors():
     with pytest.raises(ValidationError) as info:
         ProductUpload.model_validate(
-            {"item_id": "", "image_path": 1, "image_b64": 2, "title": 3, "category": 4, "price": "x"}
+            {
+                "item_id": "",
+                "image_path": 1,
+                "image_b64": 2,
+                "title": 3,
+                "category": 4,
+                "price": "x",
+            }
         )
     assert len(info.value.errors()) > 5
     assert describe(info.value).count("; ") == 4
 
 
-def test_describe_other_errors():
+def test_describe_decoding_and_other_errors():
     assert describe(ValueError("boom")) == "ValueError: boom"
-    try:
-        json.loads(b"{nope")
-    except ValueError as exc:
-        assert describe(exc).startswith("JSONDecodeError: ")
+    with pytest.raises(json.JSONDecodeError) as info:
+        parse_interaction(b"{nope", "view")
+    assert describe(info.value).startswith("invalid JSON: Expecting property name")
+    with pytest.raises(UnicodeDecodeError) as info:
+        parse_interaction(b'{"a": "\xff"}', "view")
+    assert describe(info.value).startswith("invalid JSON: ")
 
 
 # ---------------------------------------------------------------- resolve_image

@@ -18,7 +18,9 @@ from streams.userstate import DecayConfig, UserState, fold_event
 # ---------------------------------------------------------------- rank_by_similarity
 
 
-def _cosine_reference(u: np.ndarray, cands: list[tuple[str, np.ndarray]]) -> list[tuple[str, float]]:
+def _cosine_reference(
+    u: np.ndarray, cands: list[tuple[str, np.ndarray]]
+) -> list[tuple[str, float]]:
     un = u / np.linalg.norm(u)
     out = []
     for i, v in cands:
@@ -109,11 +111,18 @@ def _s(item_id: str, score: float = 1.0, reason: str = "visual") -> Scored:
 
 def test_fill_keeps_primary_order_and_skips_duplicates():
     primary = [_s("a", 0.9), _s("b", 0.5)]
-    filler = [_s("b", 10, "trending"), _s("c", 9, "trending"), _s("a", 8, "trending"),
-              _s("d", 7, "trending")]
+    filler = [
+        _s("b", 10, "trending"),
+        _s("c", 9, "trending"),
+        _s("a", 8, "trending"),
+        _s("d", 7, "trending"),
+    ]
     assert fill(primary, filler, 3) == [_s("a", 0.9), _s("b", 0.5), _s("c", 9, "trending")]
     assert fill(primary, filler, 10) == [
-        _s("a", 0.9), _s("b", 0.5), _s("c", 9, "trending"), _s("d", 7, "trending")
+        _s("a", 0.9),
+        _s("b", 0.5),
+        _s("c", 9, "trending"),
+        _s("d", 7, "trending"),
     ]
 
 
@@ -263,7 +272,9 @@ def _populated() -> Trending:
     rng = random.Random(5)
     t = _trending(window_s=40.0, bucket_s=10)
     for n in range(300):
-        t.add(f"i{rng.randrange(12)}", rng.choice(["view", "purchase"]), n * 0.3 + rng.uniform(0, 3))
+        t.add(
+            f"i{rng.randrange(12)}", rng.choice(["view", "purchase"]), n * 0.3 + rng.uniform(0, 3)
+        )
     return t
 
 
@@ -280,7 +291,9 @@ def test_cells_load_cell_round_trip_rebuilds_same_top():
             r.load_cell(b, i, c)
         assert r.now_bucket == t.now_bucket
         assert r.top(100) == t.top(100)
-        assert {i: list(c) for i, c in r.totals.items()} == {i: list(c) for i, c in t.totals.items()}
+        assert {i: list(c) for i, c in r.totals.items()} == {
+            i: list(c) for i, c in t.totals.items()
+        }
         assert sorted((b, i, list(c)) for b, i, c in r.cells()) == sorted(cells)
 
 
@@ -328,8 +341,14 @@ def test_load_cell_same_cell_twice_is_idempotent():
 
 
 def _settings(**kw) -> Settings:
-    base = dict(top_k=3, personalise_after=2, exclude="purchased", weight_view=0.3,
-                weight_purchase=1.0, half_life_days=1.0)
+    base = dict(
+        top_k=3,
+        personalise_after=2,
+        exclude="purchased",
+        weight_view=0.3,
+        weight_purchase=1.0,
+        half_life_days=1.0,
+    )
     base.update(kw)
     return Settings(**base)
 
@@ -350,9 +369,7 @@ class InMemorySearch:
 
     async def __call__(self, unit, limit, exclude):
         self.calls.append((unit, limit, exclude))
-        hits = [
-            (i, v) for i, v in self.catalogue.items() if i not in exclude
-        ]
+        hits = [(i, v) for i, v in self.catalogue.items() if i not in exclude]
         hits.sort(key=lambda h: -float(np.dot(h[1], unit) / np.linalg.norm(h[1])))
         return hits[:limit]
 
@@ -383,7 +400,9 @@ def test_recommend_cold_user_gets_trending():
     )
     assert strategy == "trending"
     assert [(s.item_id, s.score, s.reason) for s in ranked] == [
-        ("t1", 5.0, "trending"), ("q", 4.0, "trending"), ("t2", 3.0, "trending")
+        ("t1", 5.0, "trending"),
+        ("q", 4.0, "trending"),
+        ("t2", 3.0, "trending"),
     ]
     assert search.calls == []
 
@@ -414,13 +433,15 @@ def test_recommend_warm_user_visual_with_trending_filler():
     q_score = (0.8 * 1.0 + 0.6 * 0.3) / norm  # q is a unit vector
     r_score = 0.3 / norm
     assert [(s.item_id, s.reason) for s in ranked] == [
-        ("q", "visual"), ("r", "visual"), ("t1", "trending")
+        ("q", "visual"),
+        ("r", "visual"),
+        ("t1", "trending"),
     ]
     assert ranked[0].score == pytest.approx(q_score, abs=1e-6)  # q stored as float32
     assert ranked[1].score == pytest.approx(r_score, abs=1e-6)
     assert ranked[2].score == 5.0
     # the dependency was asked for 2k candidates without the purchased item, with a unit vector
-    (unit, limit, exclude), = search.calls
+    ((unit, limit, exclude),) = search.calls
     assert limit == 2 * settings.top_k
     assert exclude == frozenset({"p"})
     assert unit.dtype == np.float32
@@ -437,7 +458,9 @@ def test_recommend_warm_user_exclusion_seen_policy():
     )
     assert strategy == "visual"
     assert [(s.item_id, s.reason) for s in ranked] == [
-        ("q", "visual"), ("t1", "trending"), ("t2", "trending")
+        ("q", "visual"),
+        ("t1", "trending"),
+        ("t2", "trending"),
     ]
     assert search.calls[0][2] == frozenset({"p", "r"})
 

@@ -14,13 +14,17 @@ WEIGHTS = {"purchase": 1.0, "view": 0.3}
 
 
 def _cfg(half_life_s: float = 10.0, weights: dict[str, float] | None = None) -> DecayConfig:
-    return DecayConfig(half_life_s=half_life_s, kind_weights=WEIGHTS if weights is None else weights)
+    return DecayConfig(
+        half_life_s=half_life_s, kind_weights=WEIGHTS if weights is None else weights
+    )
 
 
 def _fold_all(events, config: DecayConfig, user_id: str = "u", **kw) -> UserState:
     state = UserState(user_id)
     for item_id, kind, ts, vec in events:
-        state = fold_event(state, item_id=item_id, kind=kind, ts=ts, vector=vec, config=config, **kw)
+        state = fold_event(
+            state, item_id=item_id, kind=kind, ts=ts, vector=vec, config=config, **kw
+        )
     return state
 
 
@@ -71,7 +75,9 @@ def test_decayed_mean_reverse_arrival_gives_same_vector():
 def test_from_settings_maps_days_and_kind_weights():
     from streams.settings import Settings
 
-    cfg = DecayConfig.from_settings(Settings(half_life_days=2.0, weight_view=0.25, weight_purchase=2.0))
+    cfg = DecayConfig.from_settings(
+        Settings(half_life_days=2.0, weight_view=0.25, weight_purchase=2.0)
+    )
     assert cfg.half_life_s == 2 * 86_400.0
     assert dict(cfg.kind_weights) == {"view": 0.25, "purchase": 2.0}
 
@@ -267,8 +273,14 @@ def test_already_folded_by_event_id_within_history():
     s = UserState("u")
     for n in range(3):
         s = fold_event(
-            s, item_id=f"i{n}", kind="view", ts=float(n), vector=_vec(1, 0), config=cfg,
-            event_id=f"e{n}", history_len=2,
+            s,
+            item_id=f"i{n}",
+            kind="view",
+            ts=float(n),
+            vector=_vec(1, 0),
+            config=cfg,
+            event_id=f"e{n}",
+            history_len=2,
         )
     assert s.already_folded(7, 100, "e2")  # unseen partition/offset, known event id
     assert s.already_folded(7, 100, "e1")
@@ -311,8 +323,14 @@ def test_to_bytes_from_bytes_round_trip_exact():
     s = UserState("user-ü")
     for n in range(6):
         s = fold_event(
-            s, item_id=f"i{n % 4}", kind="purchase" if n % 3 == 0 else "view", ts=0.1 + n * 3.7,
-            vector=nrng.normal(size=8), config=cfg, partition=n % 2, offset=10 + n,
+            s,
+            item_id=f"i{n % 4}",
+            kind="purchase" if n % 3 == 0 else "view",
+            ts=0.1 + n * 3.7,
+            vector=nrng.normal(size=8),
+            config=cfg,
+            partition=n % 2,
+            offset=10 + n,
             event_id=f"ev-{n}",
         )
     raw = s.to_bytes()
@@ -337,8 +355,11 @@ def test_round_trip_of_empty_state():
 def test_excluded_items_policies():
     cfg = _cfg()
     s = _fold_all(
-        [("a", "view", 0.0, _vec(1, 0)), ("b", "purchase", 1.0, _vec(1, 0)),
-         ("c", "view", 2.0, _vec(1, 0))],
+        [
+            ("a", "view", 0.0, _vec(1, 0)),
+            ("b", "purchase", 1.0, _vec(1, 0)),
+            ("c", "view", 2.0, _vec(1, 0)),
+        ],
         cfg,
     )
     assert excluded_items(s, "none") == frozenset()
