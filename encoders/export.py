@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="re-export even if the file exists")
     args = parser.parse_args(argv)
-    path = export_onnx(args.model_dir / ONNX_FILENAME) if args.force else ensure_model(
-        args.model_dir
+    path = (
+        export_onnx(args.model_dir / ONNX_FILENAME) if args.force else ensure_model(args.model_dir)
     )
     print(path)
     return 0

@@ -114,22 +114,26 @@ class ImageEncoder:
         size = inp.shape[-1]
         dim = out.shape[-1]
         if not isinstance(size, int) or not isinstance(dim, int) or inp.shape[-2] != size:
-            raise ValueError(f"{self.path}: expected a fixed square input and output dim, got "
-                             f"input {inp.shape}, output {out.shape}")
+            raise ValueError(
+                f"{self.path}: expected a fixed square input and output dim, got "
+                f"input {inp.shape}, output {out.shape}"
+            )
         self.input_size = size
         self.dim = dim
 
     def __repr__(self) -> str:
-        return (f"ImageEncoder(model_id={self.model_id!r}, dim={self.dim}, "
-                f"providers={self.providers})")
+        return (
+            f"ImageEncoder(model_id={self.model_id!r}, dim={self.dim}, providers={self.providers})"
+        )
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Embed a preprocessed batch (N, 3, S, S) -> float32 (N, dim), rows L2-normalised."""
         batch = np.asarray(batch)
         expected = (3, self.input_size, self.input_size)
         if batch.ndim != 4 or batch.shape[1:] != expected:
-            raise ValueError(f"batch must have shape (N, {', '.join(map(str, expected))}), "
-                             f"got {batch.shape}")
+            raise ValueError(
+                f"batch must have shape (N, {', '.join(map(str, expected))}), got {batch.shape}"
+            )
         if batch.shape[0] == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         batch = np.ascontiguousarray(batch, dtype=np.float32)

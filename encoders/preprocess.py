@@ -158,9 +158,7 @@ def border_colour(img: Image.Image) -> tuple[int, ...]:
     return tuple(int(v) for v in np.median(edge, axis=0).round())
 
 
-def pad_to_square(
-    img: Image.Image, fill: int | tuple[int, ...] | None = None
-) -> Image.Image:
+def pad_to_square(img: Image.Image, fill: int | tuple[int, ...] | None = None) -> Image.Image:
     """Pad the short side of ``img`` so it is square, keeping the content centred.
 
     ``fill`` defaults to :func:`border_colour`, so a product photo on a plain background is

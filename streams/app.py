@@ -1,10 +1,10 @@
 """The Faust application: topics -> agents -> tables/stores -> output.
 
-    products ──encode──> vector store + item-embeddings
-    views ─┐
-           ├─ingest──> user-events ──users──> users table, trending table ──> recommendations
-    purchases┘
-    (bad records from any agent) ──> dead-letters
+products ──encode──> vector store + item-embeddings
+views ─┐
+       ├─ingest──> user-events ──users──> users table, trending table ──> recommendations
+purchases┘
+(bad records from any agent) ──> dead-letters
 """
 
 from __future__ import annotations

@@ -51,13 +51,17 @@ def run_demo(items: Path, log: Path, users: int = 3) -> int:
             t0 = time.monotonic()
             pipe.index(products)
             t_index = time.monotonic() - t0
-            print(f"indexed {len(products)} images in {t_index:.1f} s "
-                  f"({len(products) / t_index:.1f} images/s end to end, incl. worker start)")
+            print(
+                f"indexed {len(products)} images in {t_index:.1f} s "
+                f"({len(products) / t_index:.1f} images/s end to end, incl. worker start)"
+            )
             t0 = time.monotonic()
             pipe.replay(events, progress=True)
             t_replay = time.monotonic() - t0
-            print(f"replayed {len(events)} events in {t_replay:.1f} s "
-                  f"({len(events) / t_replay:.0f} events/s through the pipeline)")
+            print(
+                f"replayed {len(events)} events in {t_replay:.1f} s "
+                f"({len(events) / t_replay:.0f} events/s through the pipeline)"
+            )
             recs = pipe.recommendations()
             dead = pipe.dead_letters()
         last = {r.user_id: r for r in recs}
@@ -68,15 +72,21 @@ def run_demo(items: Path, log: Path, users: int = 3) -> int:
             history[e.user_id].append(e)
         for user in shown:
             rec = last[user]
-            print(f"\nuser {user} ({n_events[user]} events; strategy {rec.strategy}, "
-                  f"model {rec.model_id})")
+            print(
+                f"\nuser {user} ({n_events[user]} events; strategy {rec.strategy}, "
+                f"model {rec.model_id})"
+            )
             for e in history[user][-4:]:
                 print(f"   {e.kind:8s} {e.item_id}  {titles.get(e.item_id, '?')}")
             print("  recommended:")
             for it in rec.items[:6]:
-                print(f"   {it.score:6.3f} {it.item_id}  {titles.get(it.item_id, '?')}  [{it.reason}]")
-        print(f"\n{len(recs)} recommendations published, {len(dead)} dead letters; "
-              f"worker log: {pipe.worker.log_path}")
+                print(
+                    f"   {it.score:6.3f} {it.item_id}  {titles.get(it.item_id, '?')}  [{it.reason}]"
+                )
+        print(
+            f"\n{len(recs)} recommendations published, {len(dead)} dead letters; "
+            f"worker log: {pipe.worker.log_path}"
+        )
     finally:
         if broker is not None:
             broker.stop()

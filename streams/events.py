@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from datetime import datetime
 from typing import Any, Literal
@@ -22,19 +23,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 EventKind = Literal["view", "purchase"]
 
 
+def _finite(ts: float) -> float:
+    if not math.isfinite(ts):
+        raise ValueError(f"ts must be finite, got {ts}")
+    return ts
+
+
 def to_epoch(value: Any) -> float:
     """Accept epoch seconds (int/float/str) or an ISO-8601 date/datetime; return epoch seconds."""
     if isinstance(value, bool):
         raise ValueError("ts must be a number or an ISO date")
     if isinstance(value, (int, float)):
-        return float(value)
+        return _finite(float(value))
     if isinstance(value, datetime):
         return value.timestamp()
     if isinstance(value, str):
         try:
-            return float(value)
-        except ValueError:
-            pass
+            return _finite(float(value))
+        except ValueError as exc:
+            if "finite" in str(exc):
+                raise
         text = value.strip().replace("Z", "+00:00")
         dt = datetime.fromisoformat(text)
         if dt.tzinfo is None:
@@ -154,4 +162,6 @@ class DeadLetter(_Model):
 
     @classmethod
     def of(cls, reason: str, topic: str, value: bytes | None, **kw: Any) -> DeadLetter:
-        return cls(reason=reason, topic=topic, value_b64=base64.b64encode(value or b"").decode(), **kw)
+        return cls(
+            reason=reason, topic=topic, value_b64=base64.b64encode(value or b"").decode(), **kw
+        )

@@ -1,9 +1,9 @@
 """One replay harness for tests, `vrec eval` and the demo: a real worker process, real topics.
 
-    with Pipeline(settings) as pipe:          # starts `vrec worker` as a subprocess
-        pipe.index(products)                  # waits until every product is embedded or dead
-        pipe.replay(events)                   # waits until every event has its outcome
-        recs = pipe.recommendations()
+with Pipeline(settings) as pipe:          # starts `vrec worker` as a subprocess
+    pipe.index(products)                  # waits until every product is embedded or dead
+    pipe.replay(events)                   # waits until every event has its outcome
+    recs = pipe.recommendations()
 """
 
 from __future__ import annotations
@@ -41,17 +41,18 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **settings_env(self.settings)}
+        # Only these settings: no VREC_* variable of the parent leaks into the worker.
+        parent = {k: v for k, v in os.environ.items() if not k.startswith("VREC_")}
+        env = {**parent, **settings_env(self.settings)}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -133,7 +134,9 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.worker.alive:
-                raise PipelineError(f"worker died while waiting for {what}:\n{self.worker.log_tail()}")
+                raise PipelineError(
+                    f"worker died while waiting for {what}:\n{self.worker.log_tail()}"
+                )
             if done():
                 return
             time.sleep(0.5)
@@ -148,7 +151,9 @@ class Pipeline:
         return out
 
     def dead_letters(self) -> list[DeadLetter]:
-        return [DeadLetter.from_bytes(r.value) for r in self.read("dead_letters", idle=1.0, timeout=30)]
+        return [
+            DeadLetter.from_bytes(r.value) for r in self.read("dead_letters", idle=1.0, timeout=30)
+        ]
 
     def recommendation_records(self, idle: float = 1.0) -> list[Record]:
         return self.read("recommendations", idle=idle, timeout=120)
@@ -171,7 +176,10 @@ class Pipeline:
         self._wait(f"{n} products to be indexed", done, timeout)
 
     def replay(
-        self, events: Sequence[Interaction], speed: float = 0.0, timeout: float = 600.0,
+        self,
+        events: Sequence[Interaction],
+        speed: float = 0.0,
+        timeout: float = 600.0,
         progress: bool = False,
     ) -> None:
         """Send events; wait until each has a recommendation or a dead letter."""

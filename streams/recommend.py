@@ -6,13 +6,15 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
-from streams.events import Recommendation, RecItem
+from streams.events import RecItem, Recommendation
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.settings import Settings
 from streams.userstate import UserState, excluded_items
 
 # (unit user vector, limit, excluded ids) -> [(item_id, vector)] candidates, best first
-CandidateSearch = Callable[[np.ndarray, int, frozenset[str]], Awaitable[Sequence[tuple[str, np.ndarray]]]]
+CandidateSearch = Callable[
+    [np.ndarray, int, frozenset[str]], Awaitable[Sequence[tuple[str, np.ndarray]]]
+]
 
 
 async def recommend(
@@ -25,15 +27,17 @@ async def recommend(
     """Top-k for a user and the strategy used ("visual" or "trending")."""
     k = settings.top_k
     exclude = excluded_items(state, settings.exclude)
-    popular = top_trending(trending, k, exclude)
     vec = state.vector
-    if vec is None or state.n_events < settings.personalise_after:
-        return popular, "trending"
-    unit = (vec / np.linalg.norm(vec)).astype(np.float32)
+    norm = 0.0 if vec is None else float(np.linalg.norm(vec))
+    if vec is None or norm == 0.0 or state.n_events < settings.personalise_after:
+        return top_trending(trending, k, exclude), "trending"
+    unit = (vec / norm).astype(np.float32)
     # Exact candidates from the store; the final scores and order come from the pure ranker.
     candidates = await search(unit, 2 * k, exclude)
     ranked = rank_by_similarity(vec, candidates, k, exclude)
-    return fill(ranked, popular, k), "visual"
+    if len(ranked) < k:  # small catalogue: fill with trending items
+        ranked = fill(ranked, top_trending(trending, k, exclude), k)
+    return ranked, "visual"
 
 
 def to_record(

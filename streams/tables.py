@@ -9,7 +9,6 @@ import faust
 from streams.settings import Settings
 
 
-
 def _raw_table(app: faust.App, name: str, partitions: int) -> faust.TableT:
     """A table of raw bytes keys/values (Faust would pick JSON from the types otherwise)."""
     table = app.Table(name, default=None, partitions=partitions, key_type=bytes, value_type=bytes)

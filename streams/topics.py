@@ -45,8 +45,13 @@ def all_topic_names(settings: Settings) -> list[str]:
     return [
         t.full(n)
         for n in (
-            "products", "views", "purchases", "user_events",
-            "recommendations", "item_embeddings", "dead_letters",
+            "products",
+            "views",
+            "purchases",
+            "user_events",
+            "recommendations",
+            "item_embeddings",
+            "dead_letters",
         )
     ]
 

@@ -77,7 +77,9 @@ class UserState:
     def to_bytes(self) -> bytes:
         doc = {
             "user_id": self.user_id,
-            "acc": None if self.acc is None else base64.b64encode(self.acc.astype("<f8").tobytes()).decode(),
+            "acc": None
+            if self.acc is None
+            else base64.b64encode(self.acc.astype("<f8").tobytes()).decode(),
             "wsum": self.wsum,
             "ref_ts": self.ref_ts,
             "last_ts": self.last_ts,

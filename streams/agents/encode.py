@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from pathlib import Path
@@ -83,6 +84,4 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
 
 
 async def _wrap(fut):
-    import asyncio
-
     return await asyncio.wrap_future(fut)

@@ -29,9 +29,7 @@ def register(
     decay = DecayConfig.from_settings(s)
 
     async def search(unit, limit, exclude):
-        hits = await rt.in_store(
-            rt.store.search, unit, limit, exclude=exclude, with_vectors=True
-        )
+        hits = await rt.in_store(rt.store.search, unit, limit, exclude=exclude, with_vectors=True)
         return [(h.item_id, h.vector) for h in hits]
 
     @app.agent(topics.user_events, name="users")
@@ -72,20 +70,22 @@ def register(
             )
             trending = rt.trending_for(msg.partition)
             bucket, expired = trending.add(event.item_id, event.kind, event.ts)
-            ranked, strategy = await recommend(
-                state, settings=s, trending=trending, search=search
-            )
+            ranked, strategy = await recommend(state, settings=s, trending=trending, search=search)
             rec = to_record(
-                event.user_id, ranked, strategy,
-                model_id=rt.model_id, event_id=event.event_id, event_ts=event.ts,
+                event.user_id,
+                ranked,
+                strategy,
+                model_id=rt.model_id,
+                event_id=event.event_id,
+                event_ts=event.ts,
             )
             await topics.recommendations.send(key=key, value=rec.to_bytes())
             # Durable state last: a crash before this line redelivers the event.
             if bucket is not None:
                 counts = trending.counts(bucket, event.item_id)
-                tables.trending[trending_key(msg.partition, bucket, event.item_id)] = (
-                    json.dumps(counts).encode()
-                )
+                tables.trending[trending_key(msg.partition, bucket, event.item_id)] = json.dumps(
+                    counts
+                ).encode()
             for old_bucket, item_id in expired:
                 tables.trending.pop(trending_key(msg.partition, old_bucket, item_id), None)
             tables.users[key] = state.to_bytes()

@@ -14,9 +14,7 @@ from collections.abc import Collection, Iterator, Mapping
 
 
 class Trending:
-    def __init__(
-        self, window_s: float, bucket_s: int, kind_weights: Mapping[str, float]
-    ) -> None:
+    def __init__(self, window_s: float, bucket_s: int, kind_weights: Mapping[str, float]) -> None:
         self.bucket_s = int(bucket_s)
         self.n_buckets = max(1, math.ceil(window_s / bucket_s))
         self.kinds = tuple(sorted(kind_weights))
@@ -42,7 +40,9 @@ class Trending:
         (bucket, item) that fell out of the window, for the caller to delete from storage.
         """
         bucket = self.bucket_of(ts)
-        expired = self._advance(bucket) if self.now_bucket is None or bucket > self.now_bucket else []
+        expired = (
+            self._advance(bucket) if self.now_bucket is None or bucket > self.now_bucket else []
+        )
         if not self.in_window(bucket):
             return None, expired
         k = self.kinds.index(kind)
@@ -75,9 +75,7 @@ class Trending:
 
     def top(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """The k most popular items in the window: score desc, then item id."""
-        scored = (
-            (self.score(i), i) for i in self.totals if i not in exclude
-        )
+        scored = ((self.score(i), i) for i in self.totals if i not in exclude)
         best = heapq.nsmallest(k, ((-s, i) for s, i in scored if s > 0))
         return [(i, -neg) for neg, i in best]
 

@@ -18,7 +18,7 @@ class Scored:
 
 
 def _order(scored: Iterable[Scored]) -> list[Scored]:
-    # Best score first; equal scores (identical images) broken by item id, so output is deterministic.
+    # Best score first; equal scores (identical images) broken by item id: deterministic output.
     return sorted(scored, key=lambda s: (-s.score, s.item_id))
 
 

@@ -77,26 +77,45 @@ def hostile_products(real: list, tmp: Path) -> tuple[list[tuple[bytes, str]], li
     return bad, good
 
 
-def hostile_events(items: list[str]) -> tuple[list[tuple[str, bytes, str]], list[tuple[str, bytes]]]:
+def hostile_events(
+    items: list[str],
+) -> tuple[list[tuple[str, bytes, str]], list[tuple[str, bytes]]]:
     ok = {"user_id": "u1", "item_id": items[0], "ts": 1_600_000_000}
     bad = [
         ("views", b"{oops", "invalid"),
         ("views", b"null", "JSON object"),
         ("views", b"\x80\x81\x82", "invalid"),
-        ("purchases", json.dumps({**ok, "event_id": "e-nouser", "user_id": None}).encode(),
-         "user_id"),
-        ("purchases", json.dumps({"event_id": "e-noitem", "user_id": "u1",
-                                  "ts": 1}).encode(), "item_id"),
+        (
+            "purchases",
+            json.dumps({**ok, "event_id": "e-nouser", "user_id": None}).encode(),
+            "user_id",
+        ),
+        (
+            "purchases",
+            json.dumps({"event_id": "e-noitem", "user_id": "u1", "ts": 1}).encode(),
+            "item_id",
+        ),
         ("views", json.dumps({**ok, "event_id": "e-ts", "ts": "yesterday"}).encode(), "ts"),
         ("views", json.dumps({**ok, "event_id": "e-empty", "item_id": ""}).encode(), "item_id"),
-        ("purchases", json.dumps({**ok, "event_id": "e-unknown",
-                                  "item_id": "no-such-item"}).encode(), "unknown item_id"),
+        (
+            "purchases",
+            json.dumps({**ok, "event_id": "e-unknown", "item_id": "no-such-item"}).encode(),
+            "unknown item_id",
+        ),
         ("views", json.dumps({**ok, "event_id": "e-kind", "kind": "like"}).encode(), "kind"),
     ]
     good = [
-        ("views" if i % 2 else "purchases",
-         json.dumps({"event_id": f"g{i}", "user_id": f"u{i % 3}", "item_id": items[i % len(items)],
-                     "ts": 1_600_000_000 + i * 60}).encode())
+        (
+            "views" if i % 2 else "purchases",
+            json.dumps(
+                {
+                    "event_id": f"g{i}",
+                    "user_id": f"u{i % 3}",
+                    "item_id": items[i % len(items)],
+                    "ts": 1_600_000_000 + i * 60,
+                }
+            ).encode(),
+        )
         for i in range(12)
     ]
     return bad, good
@@ -158,13 +177,15 @@ def test_bad_input_goes_to_dead_letters_and_nothing_is_lost(kafka_broker, tmp_pa
         r.producer.flush()
         pipe.wait_until(
             "events processed or dead-lettered",
-            lambda: pipe.count("recommendations") + pipe.count("dead_letters")
-            >= len(good_events) + len(bad_events) + len(bad_products),
+            lambda: (
+                pipe.count("recommendations") + pipe.count("dead_letters")
+                >= len(good_events) + len(bad_events) + len(bad_products)
+            ),
             timeout=300,
         )
         recs = pipe.recommendations()
         assert sorted(r.event_id for r in recs) == sorted(f"g{i}" for i in range(12))
-        letters = pipe.dead_letters()[len(bad_products):]
+        letters = pipe.dead_letters()[len(bad_products) :]
         assert len(letters) == len(bad_events)
         by_value = {dl.value: dl for dl in letters}
         for topic, value, words in bad_events:

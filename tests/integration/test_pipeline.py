@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from reference import RefConfig, expected_recommendations, folded_events, user_vector
+
 from streams.events import Recommendation
 from streams.harness import Pipeline
 from streams.replay import read_hm_items, read_log
@@ -159,7 +159,11 @@ def _vector(state: dict) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("sig", "guarantee"),
-    [(signal.SIGTERM, "at_least_once"), (signal.SIGKILL, "at_least_once"), (signal.SIGKILL, "exactly_once")],
+    [
+        (signal.SIGTERM, "at_least_once"),
+        (signal.SIGKILL, "at_least_once"),
+        (signal.SIGKILL, "exactly_once"),
+    ],
     ids=["sigterm-at-least-once", "sigkill-at-least-once", "sigkill-exactly-once"],
 )
 def test_restart_mid_replay_gives_same_final_state(kafka_broker, tmp_path, sample, sig, guarantee):

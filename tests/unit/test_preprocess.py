@@ -121,8 +121,9 @@ def test_preprocess_shape_dtype_and_range() -> None:
     np.testing.assert_allclose(x[1], 1.0)  # white -> +1
     np.testing.assert_allclose(x[2], -1.0)  # black grayscale -> -1 on all 3 channels
     # (200, 10, 30) background of the portrait, also in the padded columns
-    np.testing.assert_allclose(x[0, :, 112, 2], [200 / 127.5 - 1, 10 / 127.5 - 1, 30 / 127.5 - 1],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        x[0, :, 112, 2], [200 / 127.5 - 1, 10 / 127.5 - 1, 30 / 127.5 - 1], atol=1e-6
+    )
     # the blue block stays in the centre: padding, not cropping
     assert x[0, 2, 112, 112] > 0.9 and x[0, 0, 112, 112] < -0.9
     assert preprocess([], size=64).shape == (0, 3, 64, 64)
