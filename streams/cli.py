@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger("kafka").setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 
 
