@@ -63,6 +63,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _passthrough(module: str):
+    """Subcommands owned by another module: ``module.main(argv) -> int``."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).main(args.rest) or 0)
+
+    return run
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    targets = {"encoder": "encoders.bench", "pipeline": "streams.bench"}
+    if not args.rest or args.rest[0] not in targets:
+        print(f"usage: vrec bench {{{','.join(targets)}}} [options]")
+        return 2
+    import importlib
+
+    return int(importlib.import_module(targets[args.rest[0]]).main(args.rest[1:]) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vrec", description="Streaming visual recommender")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -86,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-items", type=int)
     p.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = as fast as possible")
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("bench", help="benchmarks: encoder | pipeline", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("train", help="train: classify | distill | adversarial", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_passthrough("encoders.train"))
+
+    p = sub.add_parser("eval", help="replay evaluation through the live pipeline", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_passthrough("streams.eval.cli"))
 
     p = sub.add_parser("demo", help="broker + worker + sample catalogue + replay, then show recs")
     p.add_argument("--items", type=Path, help=f"default: {SAMPLE / 'items.csv'}")
