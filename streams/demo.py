@@ -10,20 +10,8 @@ from pathlib import Path
 from streams.settings import Settings, TopicNames, get_settings
 
 
-def _broker_reachable(bootstrap: str) -> bool:
-    import socket
-
-    host, _, port = bootstrap.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def run_demo(items: Path, log: Path, users: int = 3) -> int:
-    from streams.broker import KafkaBroker, ensure_jars
-    from streams.harness import Pipeline
+    from streams.harness import Pipeline, local_broker
     from streams.replay import read_hm_items, read_log
 
     base = get_settings()
@@ -35,14 +23,7 @@ def run_demo(items: Path, log: Path, users: int = 3) -> int:
             "topics": TopicNames(prefix=f"demo-{run}."),
         }
     )
-    broker = None
-    if not _broker_reachable(settings.bootstrap):
-        port = int(settings.bootstrap.rpartition(":")[2])
-        print(f"starting Kafka (KRaft) on 127.0.0.1:{port} ...", flush=True)
-        ensure_jars()
-        broker = KafkaBroker(base.data_dir / "kafka", port=port)
-        broker.start()
-    try:
+    with local_broker(settings):
         products = read_hm_items(items)
         _, events = read_log(log)
         titles = {p.item_id: f"{p.title} ({p.category})" for p in products}
@@ -87,7 +68,4 @@ def run_demo(items: Path, log: Path, users: int = 3) -> int:
             f"\n{len(recs)} recommendations published, {len(dead)} dead letters; "
             f"worker log: {pipe.worker.log_path}"
         )
-    finally:
-        if broker is not None:
-            broker.stop()
     return 0

@@ -8,8 +8,10 @@ with Pipeline(settings) as pipe:          # starts `vrec worker` as a subprocess
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,35 @@ from pathlib import Path
 from streams.events import DeadLetter, Interaction, ItemEmbedding, ProductUpload, Recommendation
 from streams.replay import Record, Replayer, read_topic
 from streams.settings import Settings
+
+
+def broker_reachable(bootstrap: str) -> bool:
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def local_broker(settings: Settings):
+    """Use the broker at settings.broker; start a local one there (and stop it after) if none
+    answers."""
+    if broker_reachable(settings.bootstrap):
+        yield None
+        return
+    from streams.broker import KafkaBroker, ensure_jars
+
+    port = int(settings.bootstrap.rpartition(":")[2])
+    print(f"starting Kafka (KRaft) on 127.0.0.1:{port} ...", flush=True)
+    ensure_jars()
+    broker = KafkaBroker(settings.data_dir.parent / "kafka", port=port)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -91,6 +122,7 @@ class Pipeline:
         self.worker = WorkerProcess(settings, log_path or settings.data_dir / "worker.log")
         self.replayer: Replayer | None = None
         self._counter = None  # a KafkaConsumer used for end offsets
+        self.sent_at: dict[str, float] = {}  # event_id -> wall time it was sent (latency)
 
     def __enter__(self) -> Pipeline:
         from streams.worker import prepare_topics
@@ -185,7 +217,12 @@ class Pipeline:
         """Send events; wait until each has a recommendation or a dead letter."""
         assert self.replayer is not None
         recs0, dead0 = self.count("recommendations"), self.count("dead_letters")
-        self.replayer.send_events(events, speed=speed, progress=progress)
+        self.replayer.send_events(
+            events,
+            speed=speed,
+            progress=progress,
+            on_sent=lambda e: self.sent_at.__setitem__(e.event_id, time.time()),
+        )
         n = len(events)
 
         def done() -> bool:
