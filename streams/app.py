@@ -41,6 +41,9 @@ def build_app(settings: Settings) -> VrecApp:
         topic_replication_factor=1,
         processing_guarantee=settings.processing_guarantee,
         consumer_auto_offset_reset="earliest",
+        # A killed worker's partitions move on after this long (Faust's default is 60 s).
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.session_timeout_s,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
         web_host="127.0.0.1",

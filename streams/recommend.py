@@ -11,6 +11,8 @@ from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_tren
 from streams.settings import Settings
 from streams.userstate import UserState, excluded_items
 
+TRENDING_KEY = "*"  # user_id of the trending list (trending topic) for users not seen yet
+
 # (unit user vector, limit, excluded ids) -> [(item_id, vector)] candidates, best first
 CandidateSearch = Callable[
     [np.ndarray, int, frozenset[str]], Awaitable[Sequence[tuple[str, np.ndarray]]]

@@ -39,6 +39,7 @@ class Runtime:
     model_id: str = "none"
     trending: dict[int, Trending] = field(default_factory=dict)
     trending_loaded: bool = False
+    trending_dirty: set[int] = field(default_factory=set)  # partitions changed since published
 
     # -- threads --------------------------------------------------------------------------
     async def in_store(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:

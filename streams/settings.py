@@ -29,6 +29,7 @@ class TopicNames(BaseSettings):
     purchases: str = "purchases"
     user_events: str = "user-events"
     recommendations: str = "recommendations"
+    trending: str = "trending"
     item_embeddings: str = "item-embeddings"
     dead_letters: str = "dead-letters"
 
@@ -47,6 +48,7 @@ class Settings(BaseSettings):
     partitions: int = Field(1, ge=1, description="partitions of the topics vrec creates")
     table_store: str = "rocksdb://"  # "memory://" for throwaway runs
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    session_timeout_s: float = Field(20.0, gt=0, description="consumer group session timeout")
     web_port: int = 6066
     web_enabled: bool = False
     data_dir: Path = REPO_ROOT / "var"
@@ -77,6 +79,7 @@ class Settings(BaseSettings):
     personalise_after: int = Field(1, ge=1, description="events before a user gets visual recs")
     trending_window_days: float = Field(7.0, gt=0)
     trending_bucket_s: int = Field(86_400, ge=1)
+    trending_publish_s: float = Field(2.0, gt=0, description="publish the list for cold users")
 
     topics: TopicNames = Field(default_factory=TopicNames)
 

@@ -21,6 +21,7 @@ class Topics:
     interactions: faust.TopicT  # views + purchases, one stream
     user_events: faust.TopicT
     recommendations: faust.TopicT
+    trending: faust.TopicT  # the list for users not seen yet, keyed by user-events partition
     item_embeddings: faust.TopicT
     dead_letters: faust.TopicT
 
@@ -33,6 +34,7 @@ class Topics:
             interactions=app.topic(names.full("views"), names.full("purchases"), **_RAW),
             user_events=app.topic(names.full("user_events"), partitions=p, **_RAW),
             recommendations=app.topic(names.full("recommendations"), partitions=p, **_RAW),
+            trending=app.topic(names.full("trending"), partitions=1, **_RAW),
             item_embeddings=app.topic(
                 names.full("item_embeddings"), partitions=p, compacting=True, **_RAW
             ),
@@ -50,6 +52,7 @@ def all_topic_names(settings: Settings) -> list[str]:
             "purchases",
             "user_events",
             "recommendations",
+            "trending",
             "item_embeddings",
             "dead_letters",
         )

@@ -46,6 +46,11 @@ class RefConfig:
         )
 
 
+def trending_list(events: list[tuple[str, str, float]], cfg: RefConfig, exclude=frozenset()):
+    """The trending list after ``events`` (item, kind, ts), as the worker should publish it."""
+    return _trending(events, cfg, set(exclude))
+
+
 def _trending(events: list[tuple[str, str, float]], cfg: RefConfig, exclude: set[str]):
     buckets = [int(ts // cfg.bucket_s) for _, _, ts in events]
     now = max(buckets)

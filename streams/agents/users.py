@@ -13,7 +13,8 @@ import faust
 
 from streams.deadletters import DeadLetterSink
 from streams.events import Interaction
-from streams.recommend import recommend, to_record
+from streams.ranking import top_trending
+from streams.recommend import TRENDING_KEY, recommend, to_record
 from streams.runtime import Runtime
 from streams.tables import Tables, trending_key
 from streams.topics import Topics
@@ -31,6 +32,22 @@ def register(
     async def search(unit, limit, exclude):
         hits = await rt.in_store(rt.store.search, unit, limit, exclude=exclude, with_vectors=True)
         return [(h.item_id, h.vector) for h in hits]
+
+    @app.timer(interval=s.trending_publish_s)
+    async def publish_trending() -> None:
+        """The list for users vrec has not seen yet, to the trending topic (changed lists only)."""
+        for partition in sorted(rt.trending_dirty):
+            rt.trending_dirty.discard(partition)
+            ranked = top_trending(rt.trending_for(partition), s.top_k)
+            rec = to_record(
+                TRENDING_KEY,
+                ranked,
+                "trending",
+                model_id=rt.model_id,
+                event_id=None,
+                event_ts=rt.trending_for(partition).newest_ts,
+            )
+            await topics.trending.send(key=str(partition).encode(), value=rec.to_bytes())
 
     @app.agent(topics.user_events, name="users")
     async def users(stream: faust.StreamT) -> None:
@@ -70,6 +87,7 @@ def register(
             )
             trending = rt.trending_for(msg.partition)
             bucket, expired = trending.add(event.item_id, event.kind, event.ts)
+            rt.trending_dirty.add(msg.partition)
             ranked, strategy = await recommend(state, settings=s, trending=trending, search=search)
             rec = to_record(
                 event.user_id,

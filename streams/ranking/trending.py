@@ -20,6 +20,7 @@ class Trending:
         self.kinds = tuple(sorted(kind_weights))
         self.weights = dict(kind_weights)
         self.now_bucket: int | None = None
+        self.newest_ts: float | None = None
         # bucket -> item -> [count per kind]
         self.buckets: dict[int, dict[str, list[int]]] = {}
         # item -> [count per kind] over the window
@@ -40,6 +41,8 @@ class Trending:
         (bucket, item) that fell out of the window, for the caller to delete from storage.
         """
         bucket = self.bucket_of(ts)
+        if self.newest_ts is None or ts > self.newest_ts:
+            self.newest_ts = ts
         expired = (
             self._advance(bucket) if self.now_bucket is None or bucket > self.now_bucket else []
         )

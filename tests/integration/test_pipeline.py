@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import RefConfig, expected_recommendations, folded_events, user_vector
+from reference import (
+    RefConfig,
+    expected_recommendations,
+    folded_events,
+    trending_list,
+    user_vector,
+)
 
 from streams.events import Recommendation
 from streams.harness import Pipeline
@@ -89,6 +95,24 @@ def test_replay_matches_reference(kafka_broker, tmp_path, sample):
         pipe.replay(events)
         out = check_against_reference(pipe, settings, {e.event_id for e in events})
         assert pipe.dead_letters() == []
+        # The trending list for users not seen yet is published (to the trending topic) and
+        # ends equal to the reference over all events.
+        newest = max(e.ts for e in events)
+        last_trending = []
+
+        def settled() -> bool:
+            recs = pipe.read("trending", idle=0.5, timeout=10)
+            last_trending[:] = [Recommendation.from_bytes(r.value) for r in recs[-1:]]
+            return bool(last_trending) and last_trending[0].event_ts == newest
+
+        pipe.wait_until("the final trending list", settled, timeout=60)
+        want = trending_list(
+            [(e["item_id"], e["kind"], e["ts"]) for e in processing_order(out["user_events"])],
+            RefConfig.of(settings),
+        )
+        got = last_trending[0]
+        assert got.user_id == "*" and got.strategy == "trending"
+        assert [(i.item_id, i.score) for i in got.items] == want
 
     recs: list[Recommendation] = out["recs"]
     # Visual lists are full; a trending list is short only while the stream has few items in it.
