@@ -73,6 +73,11 @@ def _read_source(source: bytes | str | Path, max_bytes: int) -> tuple[bytes, str
     return data, label
 
 
+def read_image_bytes(source: bytes | str | Path, max_bytes: int = 10 * 2**20) -> bytes:
+    """The raw bytes of an image source, with the same size/existence checks as load_image."""
+    return _read_source(source, max_bytes)[0]
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB; transparent pixels are composited onto white."""
     if img.mode == "RGB":

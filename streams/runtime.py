@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from streams.ranking import Trending
@@ -37,6 +38,7 @@ class Runtime:
     store: Any = None  # streams.store.VectorStore, opened in the store thread
     encoder: Any = None  # encoders.ImageEncoder, loaded before the worker starts
     model_id: str = "none"
+    cache: Any = None  # encoders.cache.EmbeddingCache when settings.embedding_cache is set
     trending: dict[int, Trending] = field(default_factory=dict)
     trending_loaded: bool = False
     trending_dirty: set[int] = field(default_factory=set)  # partitions changed since published
@@ -59,6 +61,10 @@ class Runtime:
         onnx_path = ensure_model(s.model_dir)
         self.encoder = ImageEncoder(onnx_path, device=s.device, threads=s.encoder_threads)
         self.model_id = self.encoder.model_id
+        if s.embedding_cache:
+            from encoders.cache import EmbeddingCache
+
+            self.cache = EmbeddingCache(Path(s.embedding_cache))
         dims = {"image": self.encoder.dim}
         self.store = self.store_pool.submit(
             open_store,
@@ -71,6 +77,9 @@ class Runtime:
         log.info("encoder %s on %s; store %s", self.model_id, self.encoder.providers, s.store)
 
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
         if self.store is not None:
             self.store_pool.submit(self.store.close).result()
             self.store = None

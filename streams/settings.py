@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     image_root: Path | None = None  # relative image paths resolve here
+    # sqlite file of embeddings keyed by (model id, image sha256); "" = no cache
+    embedding_cache: str = ""
 
     # user vectors and ranking
     half_life_days: float = Field(30.0, gt=0)

@@ -35,11 +35,34 @@ def resolve_image(product: ProductUpload, image_root: Path | None) -> bytes | Pa
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
     s = rt.settings
 
-    def load(product: ProductUpload):
+    def load(product: ProductUpload) -> tuple[str | None, np.ndarray | None, object | None]:
+        """(image sha256, cached vector, decoded image); runs in the decode pool."""
         from encoders import load_image
+        from encoders.cache import sha256_bytes
+        from encoders.preprocess import read_image_bytes
 
         src = resolve_image(product, s.image_root)
-        return load_image(src, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+        limits = {"max_bytes": s.max_image_bytes, "max_pixels": s.max_image_pixels}
+        if rt.cache is None:
+            return None, None, load_image(src, **limits)
+        data = read_image_bytes(src, s.max_image_bytes)
+        sha = sha256_bytes(data)
+        hit = rt.cache.get_many(rt.model_id, [sha]).get(sha)
+        if hit is not None:
+            return sha, hit, None
+        return sha, None, load_image(data, **limits)
+
+    def embed_misses(loaded: list[tuple[str | None, np.ndarray | None, object | None]]):
+        """Vectors in input order: cached ones as they are, the rest embedded (and cached)."""
+        misses = [i for i, (_, vec, _) in enumerate(loaded) if vec is None]
+        out = [vec for _, vec, _ in loaded]
+        if misses:
+            fresh = rt.encoder.embed_images([loaded[i][2] for i in misses])
+            for i, vec in zip(misses, fresh):
+                out[i] = vec
+            if rt.cache is not None:
+                rt.cache.put_many(rt.model_id, {loaded[i][0]: out[i] for i in misses})
+        return np.stack(out)
 
     @app.agent(topics.products, name="encode")
     async def encode(stream: faust.StreamT) -> None:
@@ -55,16 +78,16 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                 await dead.send(describe(exc), ev.value, message=ev.message, stage="encode")
         futures = [rt.decode_pool.submit(load, p) for _, p in loop_items]
         good: list[tuple[faust.EventT, ProductUpload]] = []
-        images = []
+        loaded = []
         for (ev, product), fut in zip(loop_items, futures):
             try:
-                images.append(await _wrap(fut))
+                loaded.append(await _wrap(fut))
                 good.append((ev, product))
             except Exception as exc:  # noqa: BLE001 - any bad image is a dead letter
                 await dead.send(f"image: {exc}", ev.value, message=ev.message, stage="encode")
         if not good:
             return
-        vectors: np.ndarray = await rt.in_encoder(rt.encoder.embed_images, images)
+        vectors: np.ndarray = await rt.in_encoder(embed_misses, loaded)
         from streams.store import StoredItem
 
         items = [

@@ -121,7 +121,8 @@ def hostile_events(
     return bad, good
 
 
-def test_bad_input_goes_to_dead_letters_and_nothing_is_lost(kafka_broker, tmp_path):
+@pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "embedding-cache"])
+def test_bad_input_goes_to_dead_letters_and_nothing_is_lost(kafka_broker, tmp_path, cache):
     run = uuid.uuid4().hex[:8]
     settings = Settings(
         broker=kafka_broker.bootstrap,
@@ -130,6 +131,7 @@ def test_bad_input_goes_to_dead_letters_and_nothing_is_lost(kafka_broker, tmp_pa
         topics=TopicNames(prefix=f"t{run}."),
         max_image_bytes=MAX_IMAGE_BYTES,
         encoder_batch=4,
+        embedding_cache=str(tmp_path / "emb.sqlite") if cache else "",
     )
     real = read_hm_items(SAMPLE / "items.csv", limit=5)
     bad_products, good_products = hostile_products(real, tmp_path)
@@ -193,3 +195,8 @@ def test_bad_input_goes_to_dead_letters_and_nothing_is_lost(kafka_broker, tmp_pa
             assert words.lower() in dl.reason.lower(), (words, dl.reason)
             assert dl.topic == settings.topics.full(topic)
         assert pipe.worker.alive
+    if cache:  # the good images were cached under the model id, the bad ones not
+        from encoders.cache import EmbeddingCache
+
+        with EmbeddingCache(tmp_path / "emb.sqlite") as c:
+            assert c.count(recs[0].model_id) == len(good_products)
