@@ -63,4 +63,9 @@ def build_app(settings: Settings) -> VrecApp:
         # Assigned partitions may have changed: rebuild the trending mirror on the next event.
         rt.trending_loaded = False
 
-    return VrecApp(app, topics, tables, rt, dead)
+    vrec = VrecApp(app, topics, tables, rt, dead)
+    if settings.web_enabled:
+        from streams.web import register as register_web
+
+        register_web(vrec)
+    return vrec
