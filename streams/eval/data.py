@@ -130,10 +130,12 @@ class Events:
     @classmethod
     def from_records(
         cls,
-        records: Sequence[tuple[str, str, str]],
+        records: Sequence[tuple[str, str, str] | tuple[str, str, str, int]],
         items: Sequence[str] | np.ndarray | None = None,
     ) -> Events:
-        """Events from ``(t_dat, customer_id, article_id)`` tuples (``src_row`` = position).
+        """Events from ``(t_dat, customer_id, article_id[, sales_channel_id])`` tuples.
+
+        ``src_row`` is the position in ``records``; the channel defaults to 0, the price is 0.
 
         ``items`` fixes the article vocabulary (e.g. the catalogue); articles not in it are
         appended. Handy for tests and for logs that are not the H&M CSV.
@@ -144,7 +146,7 @@ class Events:
             customers=[r[1] for r in records],
             articles=[r[2] for r in records],
             price=np.zeros(n, dtype=np.float32),
-            channel=np.zeros(n, dtype=np.int8),
+            channel=np.array([r[3] if len(r) > 3 else 0 for r in records], dtype=np.int8),
             src_row=np.arange(n, dtype=np.int64),
             items=items,
         )
