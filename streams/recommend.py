@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
 from streams.events import RecItem, Recommendation
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
+from streams.ranking.copurchase import CoPurchase
+from streams.ranking.hybrid import HybridWeights, hybrid_rank, sibling_scores
 from streams.settings import Settings
 from streams.userstate import UserState, excluded_items
 
@@ -59,3 +61,77 @@ def to_record(
         event_ts=event_ts,
         strategy=strategy,
     )
+
+
+def hybrid_recommend(
+    state: UserState,
+    *,
+    settings: Settings,
+    trending: Trending,
+    copurchase: CoPurchase,
+    vectors: Mapping[str, np.ndarray],
+    code_of: Mapping[str, str],
+    members: Mapping[str, Collection[str]],
+) -> tuple[list[Scored], str]:
+    """Repurchase + siblings + co-purchase + visual re-ranking + popularity (see ranking.hybrid)."""
+    s = settings
+    k = s.top_k
+    exclude = excluded_items(state, s.exclude)
+    if state.n_events < s.personalise_after or not (state.rep or state.vector is not None):
+        return top_trending(trending, k, exclude), "trending"
+    half_life = s.half_life_days * 86_400.0
+    now = state.last_ts
+    seeds = sorted(state.last_purchase.items(), key=lambda kv: (-kv[1], kv[0]))[: s.cf_seeds]
+    seed_w = {i: 2.0 ** ((t - now) / half_life) for i, t in seeds}
+    cf = copurchase.scores(seed_w, s.cf_per_seed)
+    if len(cf) > s.cf_candidates:
+        cf = dict(sorted(cf.items(), key=lambda kv: (-kv[1], kv[0]))[: s.cf_candidates])
+    sib = sibling_scores(state.rep, code_of, members)
+    head = trending.top(s.pop_candidates)
+    candidates = set(state.rep) | set(sib) | set(cf) | {i for i, _ in head}
+    pop = {i: trending.score(i) for i in candidates}
+    vis: dict[str, float] = {}
+    vec = state.vector
+    if s.w_visual and vec is not None and np.linalg.norm(vec) > 0:
+        known = sorted(i for i in candidates if i in vectors)
+        if known:
+            mat = np.stack([vectors[i] for i in known]).astype(np.float64)
+            sims = mat @ (vec / np.linalg.norm(vec)) / np.linalg.norm(mat, axis=1)
+            vis = dict(zip(known, sims.tolist()))
+    ranked = hybrid_rank(
+        candidates=candidates,
+        rep=state.rep,
+        sib=sib,
+        cf=cf,
+        vis=vis,
+        pop=pop,
+        weights=HybridWeights.from_settings(s),
+        k=k,
+        exclude=exclude,
+    )
+    if len(ranked) < k:
+        ranked = fill(ranked, top_trending(trending, k, exclude), k)
+    return ranked, "hybrid"
+
+
+async def rank_user(
+    state: UserState,
+    *,
+    rt,  # streams.runtime.Runtime: settings and catalogue mirror
+    trending: Trending,
+    copurchase: CoPurchase,
+    search: CandidateSearch,
+) -> tuple[list[Scored], str]:
+    """The configured ranker (settings.ranker) for one user: what the users agent publishes
+    and what the web API shows."""
+    if rt.settings.ranker == "hybrid":
+        return hybrid_recommend(
+            state,
+            settings=rt.settings,
+            trending=trending,
+            copurchase=copurchase,
+            vectors=rt.vectors,
+            code_of=rt.code_of,
+            members=rt.members,
+        )
+    return await recommend(state, settings=rt.settings, trending=trending, search=search)

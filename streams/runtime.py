@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from streams.ranking import Trending
+from streams.ranking.copurchase import CoPurchase
 from streams.settings import Settings
-from streams.tables import parse_trending_key
+from streams.tables import parse_copurchase_key, parse_trending_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +45,11 @@ class Runtime:
     trending: dict[int, Trending] = field(default_factory=dict)
     trending_loaded: bool = False
     trending_dirty: set[int] = field(default_factory=set)  # partitions changed since published
+    copurchase: dict[int, CoPurchase] = field(default_factory=dict)
+    # catalogue mirror (filled from the store at start, then by the encode agent)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # item -> image vector
+    code_of: dict[str, str] = field(default_factory=dict)  # item -> product code
+    members: dict[str, set[str]] = field(default_factory=dict)  # product code -> items
 
     # -- threads --------------------------------------------------------------------------
     async def in_store(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -74,7 +82,32 @@ class Runtime:
             collection=s.collection,
             vector_dims=dims,
         ).result()
-        log.info("encoder %s on %s; store %s", self.model_id, self.encoder.providers, s.store)
+        self.store_pool.submit(self._load_catalogue).result()
+        log.info(
+            "encoder %s on %s; store %s with %d items",
+            self.model_id,
+            self.encoder.providers,
+            s.store,
+            len(self.vectors),
+        )
+
+    def _load_catalogue(self, chunk: int = 1000) -> None:
+        ids = self.store.item_ids()
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            vectors = self.store.get(part)
+            payloads = self.store.get_payloads(part)
+            for item_id in part:
+                self.remember(item_id, vectors.get(item_id), payloads.get(item_id, {}))
+
+    def remember(self, item_id: str, vector: np.ndarray | None, payload: dict) -> None:
+        """Add an item to the catalogue mirror (store thread or event loop; dict ops only)."""
+        if vector is not None:
+            self.vectors[item_id] = np.asarray(vector, dtype=np.float32)
+        code = payload.get("product_code")
+        if code:
+            self.code_of[item_id] = str(code)
+            self.members.setdefault(str(code), set()).add(item_id)
 
     def close(self) -> None:
         if self.cache is not None:
@@ -100,6 +133,21 @@ class Runtime:
         if tr is None:
             tr = self.trending[partition] = self.new_trending()
         return tr
+
+    def copurchase_for(self, partition: int) -> CoPurchase:
+        co = self.copurchase.get(partition)
+        if co is None:
+            co = self.copurchase[partition] = CoPurchase()
+        return co
+
+    def load_mirrors(self, trending_table: Any, copurchase_table: Any) -> None:
+        """Rebuild the in-memory trending and co-purchase state from their tables."""
+        self.copurchase = {}
+        for key, value in copurchase_table.items():
+            if value is not None:
+                partition, item_id = parse_copurchase_key(key)
+                self.copurchase_for(partition).load_row(item_id, json.loads(value))
+        self.load_trending(trending_table)
 
     def load_trending(self, table: Any) -> None:
         self.trending = {}

@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     broker: str = "127.0.0.1:9092"
     app_id: str = "vrec"
     partitions: int = Field(1, ge=1, description="partitions of the topics vrec creates")
-    table_store: str = "rocksdb://"  # "memory://" for throwaway runs
+    # memory:// rebuilds tables from their changelog topics at start (what the crash tests
+    # verify); rocksdb:// restarts faster but lost updates after SIGKILL in our runs
+    table_store: str = "memory://"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     session_timeout_s: float = Field(20.0, gt=0, description="consumer group session timeout")
     web_port: int = 6066
@@ -76,12 +78,24 @@ class Settings(BaseSettings):
     weight_purchase: float = Field(1.0, ge=0)
     history_len: int = Field(50, ge=1)
     max_seen: int = Field(1000, ge=1)
-    exclude: ExcludePolicy = "purchased"
+    exclude: ExcludePolicy = "none"  # H&M customers buy again: repurchase is a signal
     top_k: int = Field(12, ge=1)
     personalise_after: int = Field(1, ge=1, description="events before a user gets visual recs")
     trending_window_days: float = Field(7.0, gt=0)
     trending_bucket_s: int = Field(86_400, ge=1)
     trending_publish_s: float = Field(2.0, gt=0, description="publish the list for cold users")
+
+    # ranker: "visual" (similarity to the user vector) or "hybrid" (see streams/ranking/hybrid.py)
+    ranker: Literal["visual", "hybrid"] = "hybrid"
+    w_repurchase: float = 1.0
+    w_sibling: float = 0.6
+    w_copurchase: float = 0.3
+    w_visual: float = 0.5
+    w_popularity: float = 0.3
+    cf_seeds: int = Field(50, ge=1, description="most recent purchases used as CF seeds")
+    cf_per_seed: int = Field(50, ge=1)
+    cf_candidates: int = Field(200, ge=0)
+    pop_candidates: int = Field(100, ge=0)
 
     topics: TopicNames = Field(default_factory=TopicNames)
 

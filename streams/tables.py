@@ -21,6 +21,7 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> faust.TableT:
 class Tables:
     users: faust.TableT  # user_id -> UserState bytes
     trending: faust.TableT  # b"<partition>|<bucket>|<item_id>" -> JSON counts per kind
+    copurchase: faust.TableT  # b"<partition>|<item_id>" -> JSON {item: count}
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings) -> Tables:
@@ -28,6 +29,7 @@ class Tables:
         return cls(
             users=_raw_table(app, "users", p),
             trending=_raw_table(app, "trending", p),
+            copurchase=_raw_table(app, "copurchase", p),
         )
 
 
@@ -38,3 +40,12 @@ def trending_key(partition: int, bucket: int, item_id: str) -> bytes:
 def parse_trending_key(key: bytes) -> tuple[int, int, str]:
     p, b, item = key.decode().split("|", 2)
     return int(p), int(b), item
+
+
+def copurchase_key(partition: int, item_id: str) -> bytes:
+    return f"{partition}|{item_id}".encode()
+
+
+def parse_copurchase_key(key: bytes) -> tuple[int, str]:
+    p, item = key.decode().split("|", 1)
+    return int(p), item

@@ -58,6 +58,9 @@ class UserState:
     seen: tuple[str, ...] = ()  # distinct items, oldest first
     purchased: tuple[str, ...] = ()
     offsets: Mapping[int, int] = field(default_factory=dict)  # partition -> last offset folded
+    # repurchase signal: item -> sum over its purchases of 2**((t - ref_ts) / half_life)
+    rep: Mapping[str, float] = field(default_factory=dict)
+    last_purchase: Mapping[str, float] = field(default_factory=dict)  # item -> newest ts
 
     @property
     def vector(self) -> np.ndarray | None:
@@ -88,6 +91,8 @@ class UserState:
             "seen": list(self.seen),
             "purchased": list(self.purchased),
             "offsets": {str(p): o for p, o in self.offsets.items()},
+            "rep": self.rep,
+            "last_purchase": self.last_purchase,
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -106,6 +111,8 @@ class UserState:
             seen=tuple(doc["seen"]),
             purchased=tuple(doc["purchased"]),
             offsets={int(p): o for p, o in doc["offsets"].items()},
+            rep=doc.get("rep", {}),
+            last_purchase=doc.get("last_purchase", {}),
         )
 
 
@@ -133,14 +140,26 @@ def fold_event(
     """Fold one event into the user's state and return the new state (the input is unchanged)."""
     weight = float(config.kind_weights.get(kind, 0.0))
     acc, wsum, ref_ts = state.acc, state.wsum, state.ref_ts
-    if state.n_events == 0 or acc is None:
+    rep = dict(state.rep)
+    if state.n_events == 0:
         ref_ts = ts
     exponent = (ts - ref_ts) / config.half_life_s
-    if exponent > _REBASE_EXPONENT and acc is not None:
+    if exponent > _REBASE_EXPONENT:
         # Move the reference forward to ts: scale old terms down instead of the new one up.
         scale = math.pow(2.0, -exponent)
-        acc, wsum, ref_ts, exponent = acc * scale, wsum * scale, ts, 0.0
+        acc = None if acc is None else acc * scale
+        wsum, ref_ts, exponent = wsum * scale, ts, 0.0
+        rep = {i: r * scale for i, r in rep.items()}
     w = weight * math.pow(2.0, exponent)
+    last_purchase = state.last_purchase
+    if kind == "purchase":
+        rep[item_id] = rep.get(item_id, 0.0) + math.pow(2.0, exponent)
+        last_purchase = dict(last_purchase)
+        last_purchase[item_id] = max(ts, last_purchase.get(item_id, ts))
+        if len(last_purchase) > max_seen:  # forget the item bought longest ago
+            oldest = min(last_purchase, key=lambda i: (last_purchase[i], i))
+            del last_purchase[oldest]
+            rep.pop(oldest, None)
     v = np.asarray(vector, dtype=np.float64)
     if weight > 0:
         acc = v * w if acc is None else acc + v * w
@@ -164,6 +183,8 @@ def fold_event(
             else state.purchased
         ),
         offsets=offsets,
+        rep=rep,
+        last_purchase=last_purchase,
     )
 
 

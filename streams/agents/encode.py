@@ -95,6 +95,8 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         ]
         await rt.in_store(rt.store.upsert, items)
         for (_, product), vec in zip(good, vectors):
+            rt.remember(product.item_id, vec, product.payload())
+        for (_, product), vec in zip(good, vectors):
             out = ItemEmbedding(
                 item_id=product.item_id,
                 model_id=rt.model_id,

@@ -1,7 +1,7 @@
 """User agent: user-events -> fold into the user table -> rank -> recommendations.
 
 State is exactly-once under at-least-once delivery: the user state keeps the last user-events
-offset it folded per partition, so a redelivered event is skipped.
+offset it folded per partition (and the recent event ids), so a redelivered event is skipped.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import faust
 from streams.deadletters import DeadLetterSink
 from streams.events import Interaction
 from streams.ranking import top_trending
-from streams.recommend import TRENDING_KEY, recommend, to_record
+from streams.recommend import TRENDING_KEY, rank_user, to_record
 from streams.runtime import Runtime
-from streams.tables import Tables, trending_key
+from streams.tables import Tables, copurchase_key, trending_key
 from streams.topics import Topics
 from streams.userstate import DecayConfig, UserState, fold_event
 
@@ -38,14 +38,14 @@ def register(
         """The list for users vrec has not seen yet, to the trending topic (changed lists only)."""
         for partition in sorted(rt.trending_dirty):
             rt.trending_dirty.discard(partition)
-            ranked = top_trending(rt.trending_for(partition), s.top_k)
+            trending = rt.trending_for(partition)
             rec = to_record(
                 TRENDING_KEY,
-                ranked,
+                top_trending(trending, s.top_k),
                 "trending",
                 model_id=rt.model_id,
                 event_id=None,
-                event_ts=rt.trending_for(partition).newest_ts,
+                event_ts=trending.newest_ts,
             )
             await topics.trending.send(key=str(partition).encode(), value=rec.to_bytes())
 
@@ -53,7 +53,7 @@ def register(
     async def users(stream: faust.StreamT) -> None:
         async for ev in stream.events():
             if not rt.trending_loaded:
-                rt.load_trending(tables.trending)
+                rt.load_mirrors(tables.trending, tables.copurchase)
             msg = ev.message
             try:
                 event = Interaction.from_bytes(ev.value)
@@ -65,13 +65,24 @@ def register(
             state = UserState.from_bytes(raw) if raw else UserState(event.user_id)
             if state.already_folded(msg.partition, msg.offset, event.event_id):
                 continue
-            vectors = await rt.in_store(rt.store.get, [event.item_id])
-            vec = vectors.get(event.item_id)
+            vec = rt.vectors.get(event.item_id)
             if vec is None:
                 await dead.send(
                     f"unknown item_id {event.item_id!r}", ev.value, message=msg, stage="users"
                 )
                 continue
+            trending = rt.trending_for(msg.partition)
+            changed_rows: list[str] = []
+            if event.kind == "purchase" and s.ranker == "hybrid":
+                day = trending.bucket_of(event.ts)
+                basket = {
+                    h.item_id
+                    for h in state.history
+                    if h.kind == "purchase" and trending.bucket_of(h.ts) == day
+                }
+                if event.item_id not in basket:
+                    co = rt.copurchase_for(msg.partition)
+                    changed_rows = co.add_basket_item(event.item_id, basket)
             state = fold_event(
                 state,
                 item_id=event.item_id,
@@ -85,10 +96,15 @@ def register(
                 offset=msg.offset,
                 event_id=event.event_id,
             )
-            trending = rt.trending_for(msg.partition)
             bucket, expired = trending.add(event.item_id, event.kind, event.ts)
             rt.trending_dirty.add(msg.partition)
-            ranked, strategy = await recommend(state, settings=s, trending=trending, search=search)
+            ranked, strategy = await rank_user(
+                state,
+                rt=rt,
+                trending=trending,
+                copurchase=rt.copurchase_for(msg.partition),
+                search=search,
+            )
             rec = to_record(
                 event.user_id,
                 ranked,
@@ -106,4 +122,9 @@ def register(
                 ).encode()
             for old_bucket, item_id in expired:
                 tables.trending.pop(trending_key(msg.partition, old_bucket, item_id), None)
+            co = rt.copurchase_for(msg.partition)
+            for item_id in changed_rows:
+                tables.copurchase[copurchase_key(msg.partition, item_id)] = json.dumps(
+                    dict(co.row(item_id))
+                ).encode()
             tables.users[key] = state.to_bytes()

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from streams.deadletters import describe
 from streams.events import ProductUpload
 from streams.ranking import Scored, Trending, top_trending
-from streams.recommend import recommend
+from streams.recommend import rank_user
 from streams.tables import parse_trending_key
 from streams.userstate import HistoryEntry, UserState
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 ITEM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 HISTORY_SHOWN = 12  # recent events on the user page
+VISUAL_REASONS = ("visual", "visually similar")  # visual ranker / hybrid ranker
 REASON_ANCHORS = 20  # distinct recent items a "because ..." reason may point at
 MAX_K = 100
 
@@ -149,7 +150,7 @@ def explain(
     A visual item is explained by the most similar of the user's recent items: "because you
     bought X" or "similar to X you viewed". Trending items say so.
     """
-    if reason != "visual":
+    if reason not in VISUAL_REASONS:
         return ("trending now" if reason == "trending" else reason), None
     vec = vectors.get(item_id)
     best: tuple[tuple[float, bool, int], Anchor] | None = None
@@ -281,14 +282,18 @@ class WebService:
         trending = self.trending(partition)
         ranked: list[Scored]
         if state is not None:
-            ranked, strategy = await recommend(
-                state, settings=s, trending=trending, search=self._search
+            ranked, strategy = await rank_user(
+                state,
+                rt=self.rt,
+                trending=trending,
+                copurchase=self.rt.copurchase_for(partition),
+                search=self._search,
             )
         else:
             ranked, strategy = top_trending(trending, s.top_k), "trending"
         history = list(reversed(state.history))[:HISTORY_SHOWN] if state is not None else []
         anchors = anchors_of(state.history) if state is not None else []
-        visual = any(r.reason == "visual" for r in ranked)
+        visual = any(r.reason in VISUAL_REASONS for r in ranked)
         vectors, payloads = await self._lookup(
             [r.item_id for r in ranked]
             + [h.item_id for h in history]

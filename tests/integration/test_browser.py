@@ -31,7 +31,8 @@ from streams.replay import read_hm_items, read_log
 from streams.settings import REPO_ROOT, Settings, TopicNames
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
-SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "user_page.png"
+# Set VREC_SCREENSHOT=docs/screenshots/user_page.png to refresh the committed screenshot.
+SCREENSHOT = Path(os.environ.get("VREC_SCREENSHOT") or "/tmp/vrec-user_page.png")
 CHROMIUM = os.environ.get("VREC_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("VREC_CHROMEDRIVER", "/usr/bin/chromedriver")
 FLAGS = (
