@@ -138,6 +138,8 @@ def run(kafka_broker, browser, tmp_path_factory: pytest.TempPathFactory) -> Iter
         data_dir=tmp_path_factory.mktemp("browser") / rid,
         topics=TopicNames(prefix=f"t{rid}."),
         personalise_after=2,
+        ranker="visual",  # the page test checks "because you bought" reasons of the visual ranker
+        exclude="purchased",
         web_enabled=True,
         web_port=find_free_port(),
     )

@@ -164,6 +164,8 @@ def web(kafka_broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebR
         data_dir=tmp_path_factory.mktemp("web") / run,
         topics=TopicNames(prefix=f"t{run}."),
         personalise_after=2,
+        ranker="visual",  # the page test checks "because you bought" reasons of the visual ranker
+        exclude="purchased",
         web_enabled=True,
         web_port=find_free_port(),
     )
