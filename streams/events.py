@@ -102,6 +102,7 @@ class Interaction(_Model):
     item_id: str = Field(min_length=1, max_length=128)
     ts: float
     kind: EventKind = "view"
+    channel: int | None = None  # sales channel (H&M: 1 = store, 2 = online), optional
 
     _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
 

@@ -9,6 +9,7 @@ with Pipeline(settings) as pipe:          # starts `vrec worker` as a subprocess
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -55,9 +56,10 @@ def local_broker(settings: Settings):
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in a child process."""
     env: dict[str, str] = {}
-    for name, value in settings.model_dump(exclude={"topics"}).items():
+    for name, value in settings.model_dump(mode="json", exclude={"topics"}).items():
         if value is not None:
-            env[f"VREC_{name.upper()}"] = str(value)
+            complex_value = isinstance(value, (dict, list))
+            env[f"VREC_{name.upper()}"] = json.dumps(value) if complex_value else str(value)
     for name, value in settings.topics.model_dump().items():
         env[f"VREC_TOPIC_{name.upper()}"] = str(value)
     return env

@@ -60,6 +60,7 @@ def read_hm_events(events_csv: Path) -> list[Interaction]:
             item_id=row["article_id"],
             ts=_day_ts(day) + 12 * 3600,
             kind="purchase" if row.get("event_type", "purchase") == "purchase" else "view",
+            channel=int(row["sales_channel_id"]) if row.get("sales_channel_id") else None,
         )
         for day, _, line, row in rows
     ]

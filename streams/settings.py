@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     personalise_after: int = Field(1, ge=1, description="events before a user gets visual recs")
     trending_window_days: float = Field(7.0, gt=0)
     trending_bucket_s: int = Field(86_400, ge=1)
+    # popularity counts a customer's repeat purchase of an item inside the window once
+    trending_distinct_buyers: bool = True
+    # integer weight of a purchase per sales channel in popularity (H&M store purchases: {1: 2})
+    trending_channel_weights: dict[int, int] = Field(default_factory=dict)
     trending_publish_s: float = Field(2.0, gt=0, description="publish the list for cold users")
 
     # ranker: "visual" (similarity to the user vector) or "hybrid" (see streams/ranking/hybrid.py)

@@ -32,6 +32,7 @@ class RefConfig:
     personalise_after: int
     window_s: float
     bucket_s: int
+    distinct_buyers: bool = True
 
     @classmethod
     def of(cls, s) -> RefConfig:  # s: streams.settings.Settings
@@ -43,12 +44,24 @@ class RefConfig:
             personalise_after=s.personalise_after,
             window_s=s.trending_window_days * 86400.0,
             bucket_s=s.trending_bucket_s,
+            distinct_buyers=s.trending_distinct_buyers,
         )
 
 
-def trending_list(events: list[tuple[str, str, float]], cfg: RefConfig, exclude=frozenset()):
-    """The trending list after ``events`` (item, kind, ts), as the worker should publish it."""
-    return _trending(events, cfg, set(exclude))
+def trending_list(events: list[dict], cfg: RefConfig, exclude=frozenset()):
+    """The trending list after ``events`` (dicts in processing order), as the worker publishes
+    it: a customer's repeat purchase of an item inside the window counts once."""
+    counted, last = [], {}
+    for e in events:
+        ev = (e["item_id"], e["kind"], float(e["ts"]))
+        key = (e["user_id"], ev[0])
+        if ev[1] == "purchase":
+            prev = last.get(key)
+            last[key] = ev[2] if prev is None else max(prev, ev[2])
+            if cfg.distinct_buyers and prev is not None and ev[2] - prev < cfg.window_s:
+                continue
+        counted.append(ev)
+    return _trending(counted, cfg, set(exclude))
 
 
 def _trending(events: list[tuple[str, str, float]], cfg: RefConfig, exclude: set[str]):
@@ -127,8 +140,17 @@ def expected_recommendations(
                 continue
             seen_ids[user].add(eid)
             ev = (e["item_id"], e["kind"], float(e["ts"]))
+            # popularity counts a repeat purchase of the same item inside the window once
+            earlier = [t for i, k, t in per_user[user] if i == ev[0] and k == "purchase"]
+            repeat = (
+                cfg.distinct_buyers
+                and ev[1] == "purchase"
+                and bool(earlier)
+                and ev[2] - max(earlier) < cfg.window_s
+            )
             per_user[user].append(ev)
-            partition_events.append(ev)
+            if not repeat:
+                partition_events.append(ev)
             hist = per_user[user]
             if cfg.exclude == "purchased":
                 exclude = {i for i, k, _ in hist if k == "purchase"}

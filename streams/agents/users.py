@@ -83,6 +83,14 @@ def register(
                 if event.item_id not in basket:
                     co = rt.copurchase_for(msg.partition)
                     changed_rows = co.add_basket_item(event.item_id, basket)
+            window_s = s.trending_window_days * 86_400.0
+            previous = state.last_purchase.get(event.item_id)
+            repeat = (
+                s.trending_distinct_buyers
+                and event.kind == "purchase"
+                and previous is not None
+                and event.ts - previous < window_s
+            )
             state = fold_event(
                 state,
                 item_id=event.item_id,
@@ -96,7 +104,11 @@ def register(
                 offset=msg.offset,
                 event_id=event.event_id,
             )
-            bucket, expired = trending.add(event.item_id, event.kind, event.ts)
+            if repeat:  # this customer's purchase of the item is already counted
+                bucket, expired = None, []
+            else:
+                count = s.trending_channel_weights.get(event.channel, 1) if event.channel else 1
+                bucket, expired = trending.add(event.item_id, event.kind, event.ts, count)
             rt.trending_dirty.add(msg.partition)
             ranked, strategy = await rank_user(
                 state,

@@ -81,7 +81,7 @@ def _apply_sets(settings: Settings, pairs: list[str]) -> Settings:
         name, _, value = pair.partition("=")
         if name not in Settings.model_fields:
             raise SystemExit(f"--set: unknown setting {name!r}")
-        update[name] = value
+        update[name] = json.loads(value) if value[:1] in "[{" else value
     return Settings.model_validate({**settings.model_dump(exclude={"topics"}), **update})
 
 

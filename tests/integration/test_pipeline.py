@@ -105,10 +105,7 @@ def test_replay_matches_reference(kafka_broker, tmp_path, sample):
             return bool(last_trending) and last_trending[0].event_ts == newest
 
         pipe.wait_until("the final trending list", settled, timeout=60)
-        want = trending_list(
-            [(e["item_id"], e["kind"], e["ts"]) for e in processing_order(out["user_events"])],
-            RefConfig.of(settings),
-        )
+        want = trending_list(processing_order(out["user_events"]), RefConfig.of(settings))
         got = last_trending[0]
         assert got.user_id == "*" and got.strategy == "trending"
         assert [(i.item_id, i.score) for i in got.items] == want
