@@ -108,13 +108,14 @@ def run_classify(
     min_count: int = 10,
     out_dir: Path | None = None,
     progress: bool = False,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> dict[str, Any]:
     """Split, train, evaluate and (with ``out_dir``) export one head; returns the metrics."""
     t0 = time.perf_counter()
     valid = np.abs(x).sum(axis=1) > 0  # rows whose image could not be embedded are zero
     idx_all = np.flatnonzero(valid)
     x, raw_labels, groups = x[idx_all], np.asarray(raw_labels)[idx_all], groups[idx_all]
-    tr, va, te = group_split(groups, seed=cfg.seed)
+    tr, va, te = group_split(groups, fractions, seed=cfg.seed)
     ls = encode_labels(raw_labels, tr, min_count=min_count)
     y = ls.y
     res = train_head(x[tr], y[tr], x[va], y[va], ls.n_classes, cfg, progress=progress)
