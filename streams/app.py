@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import faust
 
-from streams.agents import encode, ingest, users
+from streams.agents import encode, ingest, replica, users
 from streams.deadletters import DeadLetterSink
 from streams.runtime import Runtime
 from streams.settings import Settings
@@ -57,6 +57,7 @@ def build_app(settings: Settings) -> VrecApp:
     encode.register(app, topics, rt, dead)
     ingest.register(app, topics, rt, dead)
     users.register(app, topics, tables, rt, dead)
+    replica.register(app, topics, rt)
 
     @app.on_rebalance_complete.connect
     async def _mirror_stale(sender, **_kw) -> None:  # noqa: ANN001 - Faust signal signature

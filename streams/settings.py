@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     web_enabled: bool = False
     data_dir: Path = REPO_ROOT / "var"
 
+    # every worker materialises the whole item index from item-embeddings (scale-out)
+    replicate_items: bool = True
+
     # vector store
     store: Literal["edge", "qdrant", "qdrant-local", "qdrant-memory"] = "edge"
     qdrant_url: str = "http://127.0.0.1:6333"
