@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from streams.settings import REPO_ROOT, TopicNames, get_settings
+from streams.settings import REPO_ROOT, get_settings, isolated_run
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 
@@ -30,15 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    base = get_settings()
-    run = uuid.uuid4().hex[:8]
-    settings = base.model_copy(
-        update={
-            "app_id": f"vrec-bench-{run}",
-            "data_dir": base.data_dir / "bench" / run,
-            "topics": TopicNames(prefix=f"bench-{run}."),
-        }
-    )
+    settings = isolated_run(get_settings(), "bench")
     products = read_hm_items(args.items)
     _, events = read_log(args.log)
     events = [

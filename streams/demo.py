@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import collections
 import time
-import uuid
 from pathlib import Path
 
-from streams.settings import Settings, TopicNames, get_settings
+from streams.settings import get_settings, isolated_run
 
 
 def run_demo(items: Path, log: Path, users: int = 3) -> int:
     from streams.harness import Pipeline, local_broker
     from streams.replay import read_hm_items, read_log
 
-    base = get_settings()
-    run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
-    settings: Settings = base.model_copy(
-        update={
-            "app_id": f"vrec-demo-{run}",
-            "data_dir": base.data_dir / "demo" / run,
-            "topics": TopicNames(prefix=f"demo-{run}."),
-        }
-    )
+    settings = isolated_run(get_settings(), "demo")
     with local_broker(settings):
         products = read_hm_items(items)
         _, events = read_log(log)

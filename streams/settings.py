@@ -115,6 +115,23 @@ class Settings(BaseSettings):
         return self.broker.split("://", 1)[-1]
 
 
+def isolated_run(base: Settings, kind: str, **update) -> Settings:
+    """``base`` with its own app id, topic prefix and data folder for one run (demo, bench,
+    eval), so runs never share topics or tables."""
+    import time
+    import uuid
+
+    run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return base.model_copy(
+        update={
+            "app_id": f"vrec-{kind}-{run}",
+            "data_dir": base.data_dir / kind / run,
+            "topics": TopicNames(prefix=f"{kind}-{run}."),
+            **update,
+        }
+    )
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()

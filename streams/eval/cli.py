@@ -18,13 +18,12 @@ import argparse
 import csv
 import json
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from streams.settings import REPO_ROOT, Settings, TopicNames, get_settings
+from streams.settings import REPO_ROOT, Settings, get_settings, isolated_run
 
 METRICS = ("map", "hr", "recall", "ndcg")
 
@@ -214,17 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return _write(args, metrics, extra, predictions=None)
     else:
         base = _apply_sets(get_settings(), args.set)
-        run = uuid.uuid4().hex[:8]
-        settings = base.model_copy(
-            update={
-                "app_id": f"vrec-eval-{run}",
-                "data_dir": base.data_dir / "eval" / run,
-                "topics": TopicNames(prefix=f"eval-{run}."),
-                "top_k": args.k,
-                "embedding_cache": base.embedding_cache
-                or str(REPO_ROOT / ".cache" / "embeddings.sqlite"),
-            }
-        )
+        cache = base.embedding_cache or str(REPO_ROOT / ".cache" / "embeddings.sqlite")
+        settings = isolated_run(base, "eval", top_k=args.k, embedding_cache=cache)
         t0 = time.monotonic()
         lists, trending, lat, timings, model_id = live_predictions(
             settings, products, history, progress=not args.no_progress
