@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -216,8 +216,3 @@ def read_topic(
         return out
     finally:
         consumer.close()
-
-
-def iter_values(records: Iterable[Record]) -> Iterator[bytes]:
-    for r in records:
-        yield r.value

@@ -15,7 +15,7 @@ import pytest
 
 from streams.eval import cli as eval_cli
 from streams.events import Recommendation
-from streams.replay import read_log, read_topic
+from streams.replay import read_log, read_topic, write_jsonl
 from streams.settings import REPO_ROOT, Settings, TopicNames, get_settings
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
@@ -39,8 +39,8 @@ def test_eval_report_matches_published_lists(kafka_broker, tmp_path, monkeypatch
     history = [e for e in events if e.ts < cut]
     truth_events = [e for e in events if e.ts >= cut and e.kind == "purchase"]
     hist_path, truth_path = tmp_path / "history.jsonl", tmp_path / "truth.jsonl"
-    for path, rows in ((hist_path, history), (truth_path, truth_events)):
-        path.write_text("".join(e.model_dump_json() + "\n" for e in rows))
+    write_jsonl(hist_path, history)
+    write_jsonl(truth_path, truth_events)
     truth: dict[str, set[str]] = defaultdict(set)
     for e in truth_events:
         truth[e.user_id].add(e.item_id)
