@@ -42,6 +42,7 @@ class Runtime:
     encoder: Any = None  # encoders.ImageEncoder, loaded before the worker starts
     model_id: str = "none"
     cache: Any = None  # encoders.cache.EmbeddingCache when settings.embedding_cache is set
+    classifier: Any = None  # encoders.classify.CategoryClassifier when settings.classifier is set
     trending: dict[int, Trending] = field(default_factory=dict)
     trending_loaded: bool = False
     trending_dirty: set[int] = field(default_factory=set)  # partitions changed since published
@@ -69,6 +70,10 @@ class Runtime:
         onnx_path = ensure_model(s.model_dir)
         self.encoder = ImageEncoder(onnx_path, device=s.device, threads=s.encoder_threads)
         self.model_id = self.encoder.model_id
+        if s.classifier:
+            from encoders.classify import CategoryClassifier
+
+            self.classifier = CategoryClassifier(s.classifier)
         if s.embedding_cache:
             from encoders.cache import EmbeddingCache
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     image_root: Path | None = None  # relative image paths resolve here
+    # a `vrec train classify` head (folder or .onnx): uploads without a category get the
+    # predicted one and its confidence in their payload; "" = off
+    classifier: str = ""
     # sqlite file of embeddings keyed by (model id, image sha256); "" = no cache
     embedding_cache: str = ""
 

@@ -64,6 +64,19 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                 rt.cache.put_many(rt.model_id, {loaded[i][0]: out[i] for i in misses})
         return np.stack(out)
 
+    def with_predicted_category(products: list[ProductUpload], vectors: np.ndarray) -> list[dict]:
+        """Payloads; uploads without a category get the classifier's label and confidence."""
+        payloads = [p.payload() for p in products]
+        missing = [i for i, p in enumerate(products) if not p.category]
+        if rt.classifier is not None and missing:
+            for i, (label, conf) in zip(missing, rt.classifier.predict(vectors[missing])):
+                payloads[i].update(
+                    category=label,
+                    category_confidence=round(conf, 4),
+                    category_model=rt.classifier.model_id,
+                )
+        return payloads
+
     @app.agent(topics.products, name="encode")
     async def encode(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.encoder_batch, within=s.encoder_batch_wait_s):
@@ -90,18 +103,19 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         vectors: np.ndarray = await rt.in_encoder(embed_misses, loaded)
         from streams.store import StoredItem
 
+        payloads = with_predicted_category([p for _, p in good], vectors)
         items = [
-            StoredItem(p.item_id, {"image": v}, p.payload()) for (_, p), v in zip(good, vectors)
+            StoredItem(p.item_id, {"image": v}, pl)
+            for (_, p), v, pl in zip(good, vectors, payloads)
         ]
         await rt.in_store(rt.store.upsert, items)
-        for (_, product), vec in zip(good, vectors):
-            rt.remember(product.item_id, vec, product.payload())
-        for (_, product), vec in zip(good, vectors):
+        for (_, product), vec, payload in zip(good, vectors, payloads):
+            rt.remember(product.item_id, vec, payload)
             out = ItemEmbedding(
                 item_id=product.item_id,
                 model_id=rt.model_id,
                 vector_b64=encode_vector(vec),
-                payload=product.payload(),
+                payload=payload,
                 ts=product.ts,
             )
             await topics.item_embeddings.send(key=product.item_id.encode(), value=out.to_bytes())
