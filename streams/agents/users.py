@@ -16,11 +16,28 @@ from streams.events import Interaction
 from streams.ranking import top_trending
 from streams.recommend import TRENDING_KEY, rank_user, to_record
 from streams.runtime import Runtime
+from streams.settings import Settings
 from streams.tables import Tables, copurchase_key, trending_key
 from streams.topics import Topics
 from streams.userstate import DecayConfig, UserState, fold_event
 
 log = logging.getLogger(__name__)
+
+
+def same_day_basket(state: UserState, ts: float, bucket_of) -> set[str]:
+    """Items the user already bought in the same time bucket (day) as ``ts``."""
+    day = bucket_of(ts)
+    return {h.item_id for h in state.history if h.kind == "purchase" and bucket_of(h.ts) == day}
+
+
+def popularity_count(state: UserState, event: Interaction, s: Settings) -> int:
+    """How much an event adds to popularity: 0 for a repeat purchase of the same item inside
+    the window (distinct buyers), else the sales channel's weight (1 by default)."""
+    if event.kind == "purchase" and s.trending_distinct_buyers:
+        previous = state.last_purchase.get(event.item_id)
+        if previous is not None and event.ts - previous < s.trending_window_days * 86_400.0:
+            return 0
+    return s.trending_channel_weights.get(event.channel, 1) if event.channel else 1
 
 
 def register(
@@ -72,25 +89,13 @@ def register(
                 )
                 continue
             trending = rt.trending_for(msg.partition)
+            co = rt.copurchase_for(msg.partition)
             changed_rows: list[str] = []
             if event.kind == "purchase" and s.ranker == "hybrid":
-                day = trending.bucket_of(event.ts)
-                basket = {
-                    h.item_id
-                    for h in state.history
-                    if h.kind == "purchase" and trending.bucket_of(h.ts) == day
-                }
+                basket = same_day_basket(state, event.ts, trending.bucket_of)
                 if event.item_id not in basket:
-                    co = rt.copurchase_for(msg.partition)
                     changed_rows = co.add_basket_item(event.item_id, basket)
-            window_s = s.trending_window_days * 86_400.0
-            previous = state.last_purchase.get(event.item_id)
-            repeat = (
-                s.trending_distinct_buyers
-                and event.kind == "purchase"
-                and previous is not None
-                and event.ts - previous < window_s
-            )
+            count = popularity_count(state, event, s)  # before the fold: needs the old state
             state = fold_event(
                 state,
                 item_id=event.item_id,
@@ -104,17 +109,16 @@ def register(
                 offset=msg.offset,
                 event_id=event.event_id,
             )
-            if repeat:  # this customer's purchase of the item is already counted
-                bucket, expired = None, []
-            else:
-                count = s.trending_channel_weights.get(event.channel, 1) if event.channel else 1
+            if count:
                 bucket, expired = trending.add(event.item_id, event.kind, event.ts, count)
+            else:  # this customer's purchase of the item is already counted in the window
+                bucket, expired = None, []
             rt.trending_dirty.add(msg.partition)
             ranked, strategy = await rank_user(
                 state,
                 rt=rt,
                 trending=trending,
-                copurchase=rt.copurchase_for(msg.partition),
+                copurchase=co,
                 search=search,
             )
             rec = to_record(
@@ -134,7 +138,6 @@ def register(
                 ).encode()
             for old_bucket, item_id in expired:
                 tables.trending.pop(trending_key(msg.partition, old_bucket, item_id), None)
-            co = rt.copurchase_for(msg.partition)
             for item_id in changed_rows:
                 tables.copurchase[copurchase_key(msg.partition, item_id)] = json.dumps(
                     dict(co.row(item_id))
