@@ -28,7 +28,7 @@ from streams.broker import find_free_port
 from streams.events import Interaction, ProductUpload, Recommendation
 from streams.harness import Pipeline
 from streams.replay import read_hm_items, read_log
-from streams.settings import REPO_ROOT, Settings, TopicNames
+from streams.settings import REPO_ROOT, Settings, isolated_run
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 # Set VREC_SCREENSHOT=docs/screenshots/user_page.png to refresh the committed screenshot.
@@ -131,12 +131,9 @@ def run(kafka_broker, browser, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
-    rid = uuid.uuid4().hex[:8]
-    settings = Settings(
-        broker=kafka_broker.bootstrap,
-        app_id=f"vrec-browser-{rid}",
-        data_dir=tmp_path_factory.mktemp("browser") / rid,
-        topics=TopicNames(prefix=f"t{rid}."),
+    settings = isolated_run(
+        Settings(broker=kafka_broker.bootstrap, data_dir=tmp_path_factory.mktemp("browser")),
+        "browser",
         personalise_after=2,
         ranker="visual",  # the page test checks "because you bought" reasons of the visual ranker
         exclude="purchased",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import uuid
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from encoders.classify import CategoryClassifier, HeadConfig
 from encoders.train import run_classify
 from streams.harness import Pipeline
 from streams.replay import read_hm_items
-from streams.settings import REPO_ROOT, Settings, TopicNames
+from streams.settings import REPO_ROOT, Settings, isolated_run
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 
@@ -26,12 +25,7 @@ def test_uploads_without_category_get_the_predicted_one(kafka_broker, tmp_path):
     products = read_hm_items(SAMPLE / "items.csv")
     with open(SAMPLE / "items.csv", newline="") as f:
         groups = np.array([r["product_code"] for r in csv.DictReader(f)])
-    settings = Settings(
-        broker=kafka_broker.bootstrap,
-        app_id=f"vrec-cat-{uuid.uuid4().hex[:8]}",
-        data_dir=tmp_path / "var",
-        topics=TopicNames(prefix=f"t{uuid.uuid4().hex[:8]}."),
-    )
+    settings = isolated_run(Settings(broker=kafka_broker.bootstrap, data_dir=tmp_path), "cat")
     encoder = ImageEncoder(ensure_model(settings.model_dir), device="cpu")
     x = encoder.embed_images([load_image(p.image_path) for p in products])
     labels = np.array([p.category for p in products])

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import struct
-import uuid
 import zlib
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from PIL import Image
 
 from streams.harness import Pipeline
 from streams.replay import read_hm_items
-from streams.settings import REPO_ROOT, Settings, TopicNames
+from streams.settings import REPO_ROOT, Settings, isolated_run
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 MAX_IMAGE_BYTES = 150_000
@@ -123,12 +122,9 @@ def hostile_events(
 
 @pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "embedding-cache"])
 def test_bad_input_goes_to_dead_letters_and_nothing_is_lost(kafka_broker, tmp_path, cache):
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        broker=kafka_broker.bootstrap,
-        app_id=f"vrec-dl-{run}",
-        data_dir=tmp_path / run,
-        topics=TopicNames(prefix=f"t{run}."),
+    settings = isolated_run(
+        Settings(broker=kafka_broker.bootstrap, data_dir=tmp_path),
+        "dl",
         max_image_bytes=MAX_IMAGE_BYTES,
         encoder_batch=4,
         embedding_cache=str(tmp_path / "emb.sqlite") if cache else "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from reference import (
 from streams.events import Recommendation
 from streams.harness import Pipeline
 from streams.replay import read_hm_items, read_log
-from streams.settings import REPO_ROOT, Settings, TopicNames
+from streams.settings import REPO_ROOT, Settings, isolated_run
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 
@@ -43,12 +42,9 @@ def sample():
 
 
 def make_settings(tmp_path: Path, bootstrap: str, **overrides) -> Settings:
-    run = uuid.uuid4().hex[:8]
-    return Settings(
-        broker=bootstrap,
-        app_id=f"vrec-test-{run}",
-        data_dir=tmp_path / run,
-        topics=TopicNames(prefix=f"t{run}."),
+    return isolated_run(
+        Settings(broker=bootstrap, data_dir=tmp_path),
+        "test",
         **{"personalise_after": 2, "ranker": "visual", "exclude": "purchased", **overrides},
     )
 

@@ -33,7 +33,7 @@ from streams.broker import find_free_port
 from streams.events import Interaction, ProductUpload, Recommendation
 from streams.harness import Pipeline
 from streams.replay import read_hm_items, read_log
-from streams.settings import REPO_ROOT, Settings, TopicNames
+from streams.settings import REPO_ROOT, Settings, isolated_run
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 N_EVENTS = 200
@@ -157,12 +157,9 @@ def jpeg_variant(path: str, angle: float) -> bytes:
 def web(kafka_broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebRun]:
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        broker=kafka_broker.bootstrap,
-        app_id=f"vrec-web-{run}",
-        data_dir=tmp_path_factory.mktemp("web") / run,
-        topics=TopicNames(prefix=f"t{run}."),
+    settings = isolated_run(
+        Settings(broker=kafka_broker.bootstrap, data_dir=tmp_path_factory.mktemp("web")),
+        "web",
         personalise_after=2,
         ranker="visual",  # the page test checks "because you bought" reasons of the visual ranker
         exclude="purchased",
