@@ -15,6 +15,7 @@ import faust
 
 from streams.agents import encode, ingest, replica, users
 from streams.deadletters import DeadLetterSink
+from streams.producer import App
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.tables import Tables
@@ -32,7 +33,7 @@ class VrecApp:
 
 def build_app(settings: Settings) -> VrecApp:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=settings.broker_url,
         store=settings.table_store,
