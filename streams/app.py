@@ -55,10 +55,12 @@ def build_app(settings: Settings) -> VrecApp:
     tables = Tables.declare(app, settings)
     rt = Runtime(settings)
     dead = DeadLetterSink(topics.dead_letters)
-    encode.register(app, topics, rt, dead)
-    ingest.register(app, topics, rt, dead)
-    users.register(app, topics, tables, rt, dead)
-    replica.register(app, topics, rt)
+    if "encode" in settings.role_set:
+        encode.register(app, topics, rt, dead)
+    if "recommend" in settings.role_set:
+        ingest.register(app, topics, rt, dead)
+        users.register(app, topics, tables, rt, dead)
+        replica.register(app, topics, rt)
 
     @app.on_rebalance_complete.connect
     async def _mirror_stale(sender, **_kw) -> None:  # noqa: ANN001 - Faust signal signature

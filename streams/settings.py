@@ -10,12 +10,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 ExcludePolicy = Literal["none", "purchased", "seen"]
+ROLES = ("encode", "recommend")
 
 
 class TopicNames(BaseSettings):
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
     web_enabled: bool = False
     data_dir: Path = REPO_ROOT / "var"
 
+    # what this worker runs, comma-separated: "encode" (products -> vector store and
+    # item-embeddings) and/or "recommend" (views/purchases -> user table -> recommendations,
+    # with the item replica). Split them to run the encoder as its own (GPU) service.
+    roles: str = "encode,recommend"
     # every worker materialises the whole item index from item-embeddings (scale-out)
     replicate_items: bool = True
 
@@ -108,6 +113,19 @@ class Settings(BaseSettings):
     pop_candidates: int = Field(100, ge=0)
 
     topics: TopicNames = Field(default_factory=TopicNames)
+
+    @field_validator("roles")
+    @classmethod
+    def _check_roles(cls, value: str) -> str:
+        parts = sorted({p.strip() for p in value.split(",") if p.strip()})
+        unknown = [p for p in parts if p not in ROLES]
+        if not parts or unknown:
+            raise ValueError(f"roles must be a comma-separated subset of {ROLES}, got {value!r}")
+        return ",".join(parts)
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        return frozenset(self.roles.split(","))
 
     @property
     def broker_url(self) -> str:

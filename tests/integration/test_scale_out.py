@@ -109,3 +109,54 @@ def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, take
         for got in by_event[eid]:  # a redelivered event may be published twice, identically
             assert [i.item_id for i in got.items] == [i for i, _ in exp.items], eid
             assert np.allclose([i.score for i in got.items], [s for _, s in exp.items], atol=1e-4)
+
+
+def test_encoder_service_and_recommend_worker(kafka_broker, tmp_path):
+    """The deployment split (docker-compose's `encoder` and `worker` services): an encode-only
+    worker in its own consumer group embeds the uploads; a recommend-only worker learns the
+    items from `item-embeddings` alone and its recommendations equal the reference."""
+    products = read_hm_items(SAMPLE / "items.csv")
+    _, events = read_log(SAMPLE / "events.jsonl")
+    events = events[:600]
+    run = uuid.uuid4().hex[:8]
+    recommend = Settings(
+        broker=kafka_broker.bootstrap,
+        app_id=f"vrec-roles-{run}",
+        data_dir=tmp_path / "recommend",
+        topics=TopicNames(prefix=f"r{run}."),
+        roles="recommend",
+        ranker="visual",
+        exclude="purchased",
+        personalise_after=2,
+    )
+    encoder = WorkerProcess(
+        recommend.model_copy(
+            update={
+                "app_id": f"vrec-roles-{run}-encoder",
+                "data_dir": tmp_path / "encoder",
+                "roles": "encode",
+            }
+        ),
+        tmp_path / "encoder" / "worker.log",
+    )
+    with Pipeline(recommend) as pipe:
+        encoder.start()
+        try:
+            pipe.index(products)
+            _wait_log(pipe.worker, f"replica caught up: {len(products)} items")
+            assert pipe.worker.log_path.read_text().count("embedded ") == 0, "recommend only"
+            assert encoder.log_path.read_text().count("embedded ") > 0
+            pipe.replay(events)
+            recs = pipe.recommendations()
+            user_events = pipe.read("user_events", idle=1.0, timeout=60)
+            embeddings = {i: e.vector for i, e in pipe.embeddings().items()}
+            assert pipe.dead_letters() == []
+        finally:
+            encoder.stop()
+
+    expected = expected_recommendations(user_events, embeddings, RefConfig.of(recommend))
+    assert set(expected) == {e.event_id for e in events}
+    got = {r.event_id: r for r in recs}
+    for eid, exp in expected.items():
+        assert [i.item_id for i in got[eid].items] == [i for i, _ in exp.items], eid
+        assert np.allclose([i.score for i in got[eid].items], [s for _, s in exp.items], atol=1e-4)
