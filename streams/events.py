@@ -72,6 +72,7 @@ class ProductUpload(_Model):
     image_b64: str | None = None
     title: str = ""
     category: str | None = None
+    description: str | None = None  # optional text (title + category + description: text vector)
     product_code: str | None = None
     price: float | None = None
     ts: float = Field(default_factory=time.time)
@@ -87,7 +88,7 @@ class ProductUpload(_Model):
     def payload(self) -> dict[str, Any]:
         """What the vector store keeps beside the vectors."""
         out: dict[str, Any] = {"item_id": self.item_id, "title": self.title}
-        for name in ("category", "product_code", "price", "image_path"):
+        for name in ("category", "description", "product_code", "price", "image_path"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value

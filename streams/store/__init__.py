@@ -15,7 +15,9 @@ from typing import Any
 
 from streams.store.base import (
     DEFAULT_PAYLOAD_INDEXES,
+    IMAGE,
     ITEM_ID_KEY,
+    TEXT,
     Hit,
     StoredItem,
     VectorStore,
@@ -28,8 +30,10 @@ STORE_KINDS: tuple[str, ...] = ("edge", "qdrant", "qdrant-local", "qdrant-memory
 
 __all__ = [
     "DEFAULT_PAYLOAD_INDEXES",
+    "IMAGE",
     "ITEM_ID_KEY",
     "STORE_KINDS",
+    "TEXT",
     "EdgeStore",
     "Hit",
     "QdrantClientStore",

@@ -20,6 +20,10 @@ import numpy as np
 ITEM_ID_KEY = "item_id"
 """Payload key under which every backend stores the item id."""
 
+IMAGE = "image"
+TEXT = "text"
+"""Vector names: the image embedding, and the optional text embedding (image + text fusion)."""
+
 DEFAULT_PAYLOAD_INDEXES: tuple[str, ...] = ("category", "product_code")
 """Payload keys that get a keyword index where the backend supports payload indexes."""
 
@@ -89,6 +93,20 @@ class VectorStore(Protocol):
         """
         ...
 
+    def search_fused(
+        self,
+        image: np.ndarray,
+        text: np.ndarray | None,
+        limit: int,
+        *,
+        text_weight: float,
+        exclude: Collection[str] = (),
+        filter_payload: Mapping[str, Any] | None = None,
+        candidates: int = 0,
+    ) -> list[Hit]:
+        """Nearest items by ``(1 - w) * cos_image + w * cos_text`` (see :class:`StoreBase`)."""
+        ...
+
     def contains(self, item_id: str) -> bool:
         """Whether the item is stored."""
         ...
@@ -127,6 +145,63 @@ class StoreBase:
 
     def close(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    # the backends implement these (see VectorStore)
+    search: Any
+    get: Any
+
+    def search_fused(
+        self,
+        image: np.ndarray,
+        text: np.ndarray | None,
+        limit: int,
+        *,
+        text_weight: float,
+        exclude: Collection[str] = (),
+        filter_payload: Mapping[str, Any] | None = None,
+        candidates: int = 0,
+    ) -> list[Hit]:
+        """Nearest items by the fused score ``(1 - w) * cos_image + w * cos_text``, best first
+        (ties by item id); ``w`` is ``text_weight``.
+
+        Two searches fetch the top ``candidates`` (default ``max(4 * limit, 64)``) by the image
+        and by the text vector (same ``exclude`` and ``filter_payload``); the missing cosine of
+        each candidate is computed from its stored vector and the union is re-ranked exactly.
+        So the result is exact when ``candidates`` >= the store size, and otherwise misses only
+        items ranked below ``candidates`` in *both* modalities. Items without a text vector are
+        scored by their image cosine alone. With ``text`` ``None``, ``w == 0`` or no ``"text"``
+        vector in this store it is :meth:`search` by the image vector. Hit vectors are None.
+        """
+        from encoders.fusion import check_weight, combine_scores
+
+        w = check_weight(text_weight)
+        if text is None or w == 0.0 or TEXT not in self.vector_dims:
+            return self.search(image, limit, exclude=exclude, filter_payload=filter_payload)
+        q_img = self._check_vector(image, IMAGE)
+        q_txt = self._check_vector(text, TEXT)
+        if limit <= 0:
+            return []
+        n = candidates if candidates > 0 else max(4 * limit, 64)
+        found: dict[str, Hit] = {}
+        cos_i: dict[str, float] = {}
+        cos_t: dict[str, float | None] = {}
+        kw = {"exclude": exclude, "filter_payload": filter_payload}
+        for h in self.search(q_img, n, using=IMAGE, **kw):
+            found[h.item_id], cos_i[h.item_id] = h, h.score
+        for h in self.search(q_txt, n, using=TEXT, **kw):
+            found.setdefault(h.item_id, h)
+            cos_t[h.item_id] = h.score
+        need_i = [i for i in found if i not in cos_i]
+        for item_id, vec in self.get(need_i, using=IMAGE).items():
+            cos_i[item_id] = float(vec @ q_img)
+        need_t = [i for i in found if i not in cos_t]
+        got_t = self.get(need_t, using=TEXT)
+        for item_id in need_t:
+            vec = got_t.get(item_id)
+            cos_t[item_id] = None if vec is None else float(vec @ q_txt)
+        scores = combine_scores(cos_i, cos_t, w)
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        return [Hit(i, s, None, found[i].payload) for i, s in ranked]
 
     def __enter__(self) -> StoreBase:
         return self

@@ -381,3 +381,82 @@ def test_edge_search_stays_exact_after_optimize(
             assert_matches(hits, reference(data["image"], ids, q, keep), 10)
     finally:
         store.close()
+
+
+# -- image + text fusion (search_fused) ---------------------------------------------------
+
+
+def fused_reference(
+    data: dict[str, np.ndarray], q_img: np.ndarray, q_txt: np.ndarray, w: float, keep=None
+) -> list[tuple[str, float]]:
+    """Brute-force fused ranking: items with a text vector (even rows) get
+    (1 - w) cos_image + w cos_text, the others cos_image; ties by item id."""
+    ids = make_ids(N)
+    ci = data["image"] @ q_img
+    ct = data["text"] @ q_txt
+    has_text = np.arange(N) % 2 == 0
+    fused = np.where(has_text, (1 - w) * ci + w * ct, ci)
+    rows = [(ids[j], float(fused[j])) for j in range(N) if keep is None or keep[j]]
+    return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+
+@pytest.mark.parametrize("w", [0.25, 0.5, 1.0])
+def test_fused_search_matches_numpy(
+    filled: VectorStore, data: dict[str, np.ndarray], w: float
+) -> None:
+    for q_img, q_txt in zip(data["queries"][:4], data["text_queries"]):
+        expected = fused_reference(data, q_img, q_txt, w)
+        # enough candidates to cover the store: exact
+        hits = filled.search_fused(q_img, q_txt, 10, text_weight=w, candidates=N)
+        assert_matches(hits, expected, 10)
+        assert all(h.vector is None and h.payload[ITEM_ID_KEY] == h.item_id for h in hits)
+        # the default candidate pool (64 per modality) finds the same top 10 here
+        assert_matches(filled.search_fused(q_img, q_txt, 10, text_weight=w), expected, 10)
+    # a fused ranking really differs from the image ranking at w = 0.5
+    q_img, q_txt = data["queries"][0], data["text_queries"][0]
+    fused_ids = [h.item_id for h in filled.search_fused(q_img, q_txt, 10, text_weight=0.5)]
+    assert fused_ids != [h.item_id for h in filled.search(q_img, 10)]
+
+
+def test_fused_search_with_filter_and_exclude(
+    filled: VectorStore, data: dict[str, np.ndarray]
+) -> None:
+    q_img, q_txt = data["queries"][5], data["text_queries"][1]
+    keep = [i % 3 == 1 for i in range(N)]  # "Dress"
+    expected = fused_reference(data, q_img, q_txt, 0.5, keep)
+    exclude = {expected[0][0], expected[3][0]}
+    hits = filled.search_fused(
+        q_img,
+        q_txt,
+        8,
+        text_weight=0.5,
+        exclude=exclude,
+        filter_payload={"category": "Dress"},
+        candidates=N,
+    )
+    assert {h.payload["category"] for h in hits} == {"Dress"}
+    assert_matches(hits, [r for r in expected if r[0] not in exclude], 8)
+
+
+def test_fused_search_falls_back_to_image_search(
+    filled: VectorStore, data: dict[str, np.ndarray]
+) -> None:
+    q_img, q_txt = data["queries"][6], data["text_queries"][2]
+    plain = filled.search(q_img, 10)
+    for text, w in ((q_txt, 0.0), (None, 0.5)):
+        hits = filled.search_fused(q_img, text, 10, text_weight=w)
+        assert [h.item_id for h in hits] == [h.item_id for h in plain]
+        assert [h.score for h in hits] == pytest.approx([h.score for h in plain])
+    assert filled.search_fused(q_img, q_txt, 0, text_weight=0.5) == []
+    with pytest.raises(ValueError):
+        filled.search_fused(q_img, q_txt, 10, text_weight=1.5)
+    with pytest.raises(ValueError):
+        filled.search_fused(q_img, np.ones(15, np.float32), 10, text_weight=0.5)
+
+
+def test_fused_search_on_image_only_store(opener: Opener, data: dict[str, np.ndarray]) -> None:
+    store = opener({"image": 64})
+    store.upsert(make_items(make_ids(N), data["image"]))
+    q = data["queries"][7]
+    hits = store.search_fused(q, data["text_queries"][0], 5, text_weight=0.5)
+    assert_matches(hits, reference(data["image"], make_ids(N), q), 5)

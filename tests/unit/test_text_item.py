@@ -1,0 +1,34 @@
+"""encoders.text: the item text of H&M rows and uploads (no model needed)."""
+
+from __future__ import annotations
+
+from encoders.text import item_text, join_text, upload_text
+from streams.events import ProductUpload
+
+
+def test_item_text_of_an_hm_row() -> None:
+    row = {
+        "prod_name": "Strap top",
+        "product_type_name": "Vest top",
+        "colour_group_name": "Black",
+        "detail_desc": "Jersey top with narrow shoulder straps.",
+        "department_name": "Jersey Basic",  # not part of the text
+    }
+    assert item_text(row) == "Strap top. Vest top. Black. Jersey top with narrow shoulder straps"
+
+
+def test_missing_and_blank_parts_are_left_out() -> None:
+    assert item_text({"prod_name": "Denim shorts", "detail_desc": "  "}) == "Denim shorts"
+    assert item_text({}) == ""
+    assert join_text(["  a \n b ", None, "", "c.."]) == "a b. c"
+
+
+def test_upload_text_uses_title_category_and_description() -> None:
+    p = ProductUpload(
+        item_id="u1", image_path="x.jpg", title="Linen shirt", category="Shirt",
+        description="Relaxed fit.",
+    )  # fmt: skip
+    assert upload_text(p.title, p.category, p.description) == "Linen shirt. Shirt. Relaxed fit"
+    assert upload_text("Linen shirt", None) == "Linen shirt"
+    assert "description" in p.payload() and p.payload()["description"] == "Relaxed fit."
+    assert "description" not in ProductUpload(item_id="u2", image_path="x.jpg").payload()
