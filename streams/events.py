@@ -133,17 +133,23 @@ def decode_vector(text: str) -> np.ndarray:
 
 
 class ItemEmbedding(_Model):
-    """Compacted item index entry: a float32 little-endian vector in base64."""
+    """Compacted item index entry: a float32 little-endian vector in base64 (and the optional
+    text vector when image + text fusion is on)."""
 
     item_id: str
     model_id: str
     vector_b64: str
     payload: dict[str, Any] = {}
     ts: float = Field(default_factory=time.time)
+    text_vector_b64: str | None = None
 
     @property
     def vector(self) -> np.ndarray:
         return decode_vector(self.vector_b64)
+
+    @property
+    def text_vector(self) -> np.ndarray | None:
+        return decode_vector(self.text_vector_b64) if self.text_vector_b64 else None
 
 
 class DeadLetter(_Model):

@@ -43,6 +43,7 @@ class Runtime:
     model_id: str = "none"
     cache: Any = None  # encoders.cache.EmbeddingCache when settings.embedding_cache is set
     classifier: Any = None  # encoders.classify.CategoryClassifier when settings.classifier is set
+    text_encoder: Any = None  # encoders.text.TextEncoder when text_weight > 0 (encode role)
     trending: dict[int, Trending] = field(default_factory=dict)
     trending_loaded: bool = False
     trending_dirty: set[int] = field(default_factory=set)  # partitions changed since published
@@ -79,6 +80,13 @@ class Runtime:
 
             self.cache = EmbeddingCache(Path(s.embedding_cache))
         dims = {"image": self.encoder.dim}
+        if s.text_weight > 0:
+            from encoders.text import EMBED_DIM, TextEncoder, ensure_text_model
+
+            dims["text"] = EMBED_DIM
+            if "encode" in s.role_set:
+                text_path = ensure_text_model(s.model_dir)
+                self.text_encoder = TextEncoder(text_path, threads=s.encoder_threads)
         self.store = self.store_pool.submit(
             open_store,
             s.store,

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     classifier: str = ""
     # sqlite file of embeddings keyed by (model id, image sha256); "" = no cache
     embedding_cache: str = ""
+    # image + text fusion: weight w of the text vector (all-MiniLM-L6-v2 of title + category +
+    # description) in similar-items, score (1 - w) cos_image + w cos_text; > 0 also embeds each
+    # upload's text and stores it as a second named vector "text" (needs a store created with
+    # it: a new data_dir / collection); 0 = image only (off)
+    text_weight: float = Field(0.0, ge=0, le=1)
 
     # user vectors and ranking
     half_life_days: float = Field(30.0, gt=0)

@@ -77,6 +77,18 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                 )
         return payloads
 
+    def embed_texts(products: list[ProductUpload]) -> list[np.ndarray | None]:
+        """Text vectors (title + category + description) in input order; None for no text."""
+        from encoders.text import upload_text
+
+        texts = [upload_text(p.title, p.category, p.description) for p in products]
+        todo = [i for i, t in enumerate(texts) if t]
+        out: list[np.ndarray | None] = [None] * len(texts)
+        if todo:
+            for i, vec in zip(todo, rt.text_encoder.embed([texts[i] for i in todo])):
+                out[i] = vec
+        return out
+
     @app.agent(topics.products, name="encode")
     async def encode(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.encoder_batch, within=s.encoder_batch_wait_s):
@@ -104,12 +116,15 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         from streams.store import StoredItem
 
         payloads = with_predicted_category([p for _, p in good], vectors)
+        texts: list[np.ndarray | None] = [None] * len(good)
+        if rt.text_encoder is not None:  # image + text fusion (text_weight > 0)
+            texts = await rt.in_encoder(embed_texts, [p for _, p in good])
         items = [
-            StoredItem(p.item_id, {"image": v}, pl)
-            for (_, p), v, pl in zip(good, vectors, payloads)
+            StoredItem(p.item_id, {"image": v} if t is None else {"image": v, "text": t}, pl)
+            for (_, p), v, t, pl in zip(good, vectors, texts, payloads)
         ]
         await rt.in_store(rt.store.upsert, items)
-        for (_, product), vec, payload in zip(good, vectors, payloads):
+        for (_, product), vec, text, payload in zip(good, vectors, texts, payloads):
             rt.remember(product.item_id, vec, payload)
             out = ItemEmbedding(
                 item_id=product.item_id,
@@ -117,6 +132,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                 vector_b64=encode_vector(vec),
                 payload=payload,
                 ts=product.ts,
+                text_vector_b64=None if text is None else encode_vector(text),
             )
             await topics.item_embeddings.send(key=product.item_id.encode(), value=out.to_bytes())
         log.info("embedded %d products (%d dead letters so far)", len(good), dead.count)

@@ -55,7 +55,10 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
                         have = rt.vectors.get(emb.item_id)
                         if have is not None and np.array_equal(have, vec):
                             continue
-                        items.append((StoredItem(emb.item_id, {"image": vec}, emb.payload), emb))
+                        vectors = {"image": vec}
+                        if emb.text_vector_b64 and "text" in rt.store.vector_dims:
+                            vectors["text"] = emb.text_vector
+                        items.append((StoredItem(emb.item_id, vectors, emb.payload), emb))
                 if items:
                     await rt.in_store(rt.store.upsert, [it for it, _ in items])
                     for _, emb in items:

@@ -353,14 +353,22 @@ class WebService:
 
     # -- items -------------------------------------------------------------------------------
     async def similar(self, item_id: str, k: int) -> dict[str, Any]:
-        """Visual neighbours of a stored item (the item itself left out), best first."""
+        """Visual neighbours of a stored item (the item itself left out), best first.
+
+        With ``text_weight`` w > 0 the score is ``(1 - w) cos_image + w cos_text`` over the
+        stored text vectors (``VectorStore.search_fused``; items without text: image only).
+        """
         store = self.rt.store
+        w = self.settings.text_weight
 
         def work() -> tuple[dict, list] | None:
             vec = store.get([item_id]).get(item_id)
             if vec is None:
                 return None
             payload = store.get_payloads([item_id]).get(item_id, {})
+            if w > 0 and "text" in store.vector_dims:
+                text = store.get([item_id], using="text").get(item_id)
+                return payload, store.search_fused(vec, text, k, text_weight=w, exclude=[item_id])
             return payload, store.search(vec, k, exclude=[item_id])
 
         found = await self.rt.in_store(work)
@@ -371,6 +379,7 @@ class WebService:
         return {
             "item": _item_fields(item_id, payload),
             "k": k,
+            "text_weight": w,
             "items": [
                 {**_item_fields(h.item_id, h.payload), "score": float(h.score)}
                 for h in hits

@@ -32,3 +32,20 @@ def test_upload_text_uses_title_category_and_description() -> None:
     assert upload_text("Linen shirt", None) == "Linen shirt"
     assert "description" in p.payload() and p.payload()["description"] == "Relaxed fit."
     assert "description" not in ProductUpload(item_id="u2", image_path="x.jpg").payload()
+
+
+def test_item_embedding_carries_an_optional_text_vector() -> None:
+    import numpy as np
+
+    from streams.events import ItemEmbedding, encode_vector
+    from streams.settings import Settings
+
+    img, txt = np.arange(4, dtype=np.float32), np.linspace(-1, 1, 6).astype(np.float32)
+    plain = ItemEmbedding(item_id="a", model_id="m", vector_b64=encode_vector(img))
+    assert plain.text_vector is None and b"text_vector_b64" not in plain.to_bytes()
+    both = ItemEmbedding.from_bytes(
+        plain.model_copy(update={"text_vector_b64": encode_vector(txt)}).to_bytes()
+    )
+    np.testing.assert_array_equal(both.text_vector, txt)
+    np.testing.assert_array_equal(both.vector, img)
+    assert Settings().text_weight == 0.0  # fusion is off by default

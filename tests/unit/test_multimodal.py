@@ -1,0 +1,66 @@
+"""encoders.multimodal helpers: neighbour rates, cached catalogue text vectors, fused matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from encoders.cache import EmbeddingCache
+from encoders.fusion import l2_normalise
+from encoders.multimodal import catalogue_text_embeddings, fused_catalogue, neighbour_rates
+
+
+class FakeTextEncoder:
+    """Deterministic 8-d 'embedding' of a text; counts what it was asked to embed."""
+
+    model_id = "fake-text-1"
+    dim = 8
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.seen.extend(texts)
+        rows = [np.random.default_rng(sum(map(ord, t))).normal(size=8) for t in texts]
+        return l2_normalise(np.array(rows))
+
+
+def test_text_embeddings_are_cached_by_text(tmp_path) -> None:
+    texts = ["red dress", "blue jeans", "red dress", "", "wool hat"]
+    enc = FakeTextEncoder()
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        first = catalogue_text_embeddings(texts, enc, cache)
+        assert sorted(enc.seen) == ["blue jeans", "red dress", "wool hat"]  # distinct, non-empty
+        assert not first[3].any()  # empty text: zero row
+        np.testing.assert_array_equal(first[0], first[2])
+        enc.seen.clear()
+        again = catalogue_text_embeddings([*texts, "new"], enc, cache)
+        assert enc.seen == ["new"]  # everything else came from the cache
+        np.testing.assert_allclose(again[:5], first, atol=0)
+        assert cache.count("fake-text-1") == 4
+
+
+def test_neighbour_rates_leave_out_the_own_product_code() -> None:
+    # items 0/1 are one product (identical vectors); item 2 is near them with their label,
+    # item 3 is nearer still but of another label
+    x = l2_normalise(np.array([[1, 0, 0], [1, 0, 0], [0.9, 0.1, 0], [0.95, 0, 0.05], [0, 0, 1.0]]))
+    labels = np.array(["dress", "dress", "dress", "shorts", "hat"])
+    groups = np.array([10, 10, 20, 30, 40])
+    r = neighbour_rates(x, labels, groups, k=2)
+    # NN (own code excluded): 0->3 (shorts), 1->3, 2->0 or 1 (dress), 3->0/1 (dress), 4->3/2
+    assert r["n_queries"] == 5
+    assert r["nn_at1"] == pytest.approx(1 / 5)
+    # a zero row is neither a query nor a neighbour: without item 3, 0->2, 1->2, 2->0 match
+    x0 = x.copy()
+    x0[3] = 0
+    assert neighbour_rates(x0, labels, groups, k=2)["n_queries"] == 4
+    assert neighbour_rates(x0, labels, groups, k=2)["nn_at1"] == pytest.approx(3 / 4)
+
+
+def test_fused_catalogue_keeps_imageless_rows_zero() -> None:
+    img = l2_normalise(np.array([[1.0, 0], [0, 0], [0, 1.0]]))
+    txt = l2_normalise(np.array([[1.0, 1], [1, 0], [0, 1.0]]))
+    f = fused_catalogue(img, txt, 0.5)
+    assert f.shape == (3, 4) and not f[1].any()
+    np.testing.assert_allclose(f[[0, 2]] @ f[[0, 2]].T, 0.5 * img[[0, 2]] @ img[[0, 2]].T
+                               + 0.5 * txt[[0, 2]] @ txt[[0, 2]].T, atol=1e-6)  # fmt: skip
