@@ -58,7 +58,13 @@ def _try_cuda_session(model: bytes, threads: int) -> ort.InferenceSession | None
 
 
 class ImageEncoder:
-    """Embeds images with an exported EfficientNet-Lite0 ONNX model (see ``encoders.export``).
+    """Embeds images with an exported EfficientNet-Lite0 ONNX model (see ``encoders.export``)
+    or a trained embedding model with the same ``pixels -> embedding`` contract.
+
+    The input side (square, fixed) is read from the graph, so a student at 160 px works too.
+    ``model_id`` is ``<name>-<sha256[:12] of the file>``; ``<name>`` is the ONNX metadata
+    ``model_name`` if set (``encoders.distill`` / ``encoders.adversarial``), else
+    ``efficientnet_lite0``.
 
     ``device``: ``"cpu"``; ``"cuda"`` (raises ``RuntimeError`` if CUDA does not load); or
     ``"auto"``: CUDA if it truly loads (probed once per process, quietly), else CPU.
@@ -87,7 +93,6 @@ class ImageEncoder:
                 "`python -m encoders.export --model-dir DIR`)"
             ) from None
         digest = hashlib.sha256(model).hexdigest()
-        self.model_id = f"{MODEL_NAME}-{digest[:12]}"
         self.sha256 = digest
 
         sess: ort.InferenceSession | None = None
@@ -108,6 +113,10 @@ class ImageEncoder:
         self._session = sess
         self.providers = list(sess.get_providers())
         self.device = "cuda" if CUDA in self.providers else "cpu"
+        # A trained model (distilled student, adversarially fine-tuned encoder) names itself in
+        # its ONNX metadata; the exported EfficientNet-Lite0 file has none.
+        name = sess.get_modelmeta().custom_metadata_map.get("model_name") or MODEL_NAME
+        self.model_id = f"{name}-{digest[:12]}"
 
         inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
         self._input_name, self._output_name = inp.name, out.name

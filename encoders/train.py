@@ -6,7 +6,10 @@ softmax head (see :mod:`encoders.classify`) on the cached catalogue embeddings, 
 top-1/top-5 table against the majority-class baseline, exports the ONNX head + labels and
 writes ``<sha12>.metrics.json`` next to it.
 
-``distill`` and ``adversarial`` are placeholders (exit status 2).
+``vrec train distill [--limit N] [--epochs N] [--seed S] [--size PX] [--out DIR] ...`` distils
+the EfficientNet-Lite0 encoder into a faster MobileNetV2 student (see :mod:`encoders.distill`).
+
+``adversarial`` is a placeholder (exit status 2).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .classify import (
 
 __all__ = ["main", "run_classify"]
 
-NOT_IMPLEMENTED = ("distill", "adversarial")
+NOT_IMPLEMENTED = ("adversarial",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--limit", type=int, default=0, help="use only the first N items (0: all)")
     p.add_argument("--no-progress", action="store_true")
+    from . import distill
+
+    distill.add_args(sub.add_parser("distill", help="distil the encoder into a MobileNetV2"))
     for name in NOT_IMPLEMENTED:
         sub.add_parser(name, help="not implemented yet", add_help=False)
     return ap
@@ -68,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "classify":
         return _classify(args)
+    if args.command == "distill":
+        from .distill import run_cli
+
+        return run_cli(args)
     return 2  # pragma: no cover - argparse rejects anything else
 
 
