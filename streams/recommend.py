@@ -9,7 +9,13 @@ import numpy as np
 from streams.events import RecItem, Recommendation
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
-from streams.ranking.hybrid import HybridWeights, hybrid_rank, sibling_scores
+from streams.ranking.hybrid import (
+    HybridWeights,
+    boost_by_popularity,
+    hybrid_rank,
+    price_weighted,
+    sibling_scores,
+)
 from streams.settings import Settings
 from streams.userstate import UserState, excluded_items
 
@@ -72,9 +78,11 @@ def hybrid_recommend(
     vectors: Mapping[str, np.ndarray],
     code_of: Mapping[str, str],
     members: Mapping[str, Collection[str]],
+    price_of: Mapping[str, float] | None = None,
 ) -> tuple[list[Scored], str]:
     """Repurchase + siblings + co-purchase + visual re-ranking + popularity (see ranking.hybrid)."""
     s = settings
+    weights = HybridWeights.from_settings(s)
     k = s.top_k
     exclude = excluded_items(state, s.exclude)
     if state.n_events < s.personalise_after or not (state.rep or state.vector is not None):
@@ -86,10 +94,13 @@ def hybrid_recommend(
     cf = copurchase.scores(seed_w, s.cf_per_seed)
     if len(cf) > s.cf_candidates:
         cf = dict(sorted(cf.items(), key=lambda kv: (-kv[1], kv[0]))[: s.cf_candidates])
-    sib = sibling_scores(state.rep, code_of, members)
+    rep = price_weighted(state.rep, price_of or {}, weights.price_exponent)
+    sib = sibling_scores(rep, code_of, members)
     head = trending.top(s.pop_candidates)
     candidates = set(state.rep) | set(sib) | set(cf) | {i for i, _ in head}
     pop = {i: trending.score(i) for i in candidates}
+    pop_max = max((sc for _, sc in trending.top(1)), default=0.0)
+    sib = boost_by_popularity(sib, pop, pop_max, weights.sib_pop)
     vis: dict[str, float] = {}
     vec = state.vector
     if s.w_visual and vec is not None and np.linalg.norm(vec) > 0:
@@ -100,12 +111,12 @@ def hybrid_recommend(
             vis = dict(zip(known, sims.tolist()))
     ranked = hybrid_rank(
         candidates=candidates,
-        rep=state.rep,
+        rep=rep,
         sib=sib,
         cf=cf,
         vis=vis,
         pop=pop,
-        weights=HybridWeights.from_settings(s),
+        weights=weights,
         k=k,
         exclude=exclude,
     )
@@ -133,5 +144,6 @@ async def rank_user(
             vectors=rt.vectors,
             code_of=rt.code_of,
             members=rt.members,
+            price_of=rt.price_of,
         )
     return await recommend(state, settings=rt.settings, trending=trending, search=search)

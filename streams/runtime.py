@@ -52,6 +52,7 @@ class Runtime:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # item -> image vector
     code_of: dict[str, str] = field(default_factory=dict)  # item -> product code
     members: dict[str, set[str]] = field(default_factory=dict)  # product code -> items
+    price_of: dict[str, float] = field(default_factory=dict)  # item -> catalogue price (if any)
 
     # -- threads --------------------------------------------------------------------------
     async def in_store(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -121,6 +122,9 @@ class Runtime:
         if code:
             self.code_of[item_id] = str(code)
             self.members.setdefault(str(code), set()).add(item_id)
+        price = payload.get("price")
+        if price is not None:
+            self.price_of[item_id] = float(price)
 
     def close(self) -> None:
         if self.cache is not None:

@@ -102,20 +102,25 @@ class Settings(BaseSettings):
     # popularity counts a customer's repeat purchase of an item inside the window once
     trending_distinct_buyers: bool = True
     # integer weight of a purchase per sales channel in popularity (H&M store purchases: {1: 2})
-    trending_channel_weights: dict[int, int] = Field(default_factory=dict)
+    trending_channel_weights: dict[int, int] = Field(default_factory=lambda: {1: 2})
     trending_publish_s: float = Field(2.0, gt=0, description="publish the list for cold users")
 
     # ranker: "visual" (similarity to the user vector) or "hybrid" (see streams/ranking/hybrid.py)
     ranker: Literal["visual", "hybrid"] = "hybrid"
     w_repurchase: float = 1.0
-    w_sibling: float = 0.6
-    w_copurchase: float = 0.3
+    w_sibling: float = 0.45
+    w_copurchase: float = 0.15
     w_visual: float = 0.5
     w_popularity: float = 0.3
     cf_seeds: int = Field(50, ge=1, description="most recent purchases used as CF seeds")
     cf_per_seed: int = Field(50, ge=1)
     cf_candidates: int = Field(200, ge=0)
     pop_candidates: int = Field(100, ge=0)
+    # a purchase counts in repurchase/sibling scores as (catalogue price / the user's dearest
+    # item's price) ** this (0: price ignored; items without a price weigh as the dearest)
+    rep_price_exponent: float = Field(1.0, ge=0)
+    # sibling score x (1 + this * log1p(popularity) / log1p(max popularity))
+    sibling_pop_boost: float = Field(1.0, ge=0)
 
     topics: TopicNames = Field(default_factory=TopicNames)
 

@@ -20,6 +20,10 @@ Signals (item codes are rows of ``history.items``, i.e. catalogue rows; ``age`` 
   ``sum_e 2 ** (-age_e / half_life) * v_e / sum_e 2 ** (-age_e / half_life)``.
 * sibling ``sib_j``: ``sum over the user's purchases i with product_code(i) == product_code(j)``,
   ``i != j``, of ``2 ** (-age_i / half_life)`` (other colours/sizes of bought products).
+* price weighting (``price_exponent`` a > 0, with catalogue prices ``p``, see
+  :func:`catalogue_prices`): each purchase of ``i`` counts ``(p_i / max p over the user's
+  purchases) ** a`` times its decay in ``rep`` and ``sib`` (items without a price: factor 1).
+* popular siblings (``sib_pop`` b > 0): ``sib_j *= 1 + b * log1p(pop_j) / log1p(max pop)``.
 
 The hybrid score is a weighted sum of those signals (each scaled to at most 1 per user, see
 :func:`hybrid`) plus ``w_pop * log1p(pop_j) / log1p(max pop)``.
@@ -32,7 +36,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,7 @@ __all__ = [
     "BASELINES",
     "HybridWeights",
     "catalogue_embeddings",
+    "catalogue_prices",
     "co_counts",
     "hybrid",
     "itemcf",
@@ -482,6 +487,8 @@ class HybridWeights:
     half_life: float = 30.0  # days, for rep / cf seeds / sib / the visual user vector
     window_days: int = 0  # co-purchase: 0 = same (customer, day) basket
     candidate_days: float | None = None  # restrict non-own candidates to items sold recently
+    price_exponent: float = 0.0  # rep/sib purchases weighted by (price / user's max) ** this
+    sib_pop: float = 0.0  # sib_j *= 1 + sib_pop * log1p(pop_j) / log1p(max pop)
 
 
 def hybrid(
@@ -491,11 +498,15 @@ def hybrid(
     weights: HybridWeights | None = None,
     *,
     product_code: np.ndarray | None = None,
+    price: np.ndarray | None = None,
     cutoff: str | int | None = None,
     k: int = 12,
     co: CoCounts | None = None,
 ) -> Predictions:
     """Weighted sum of the signals of the module docstring, top ``k`` per user.
+
+    ``price[i]`` is the catalogue price of item code ``i`` (0 or NaN: unknown), used with
+    ``weights.price_exponent``.
 
     ``score_j = rep * rep_j / max(rep) + cf * cf_j / max(cf) + vis * cos_j
     + pop * log1p(pop_j) / log1p(max pop) + sib * sib_j / max(sib)`` (each ``max`` over the
@@ -522,6 +533,11 @@ def hybrid(
     if w.candidate_days is not None:
         base &= popularity_counts(history, w.candidate_days, ix.cutoff_day) > 0
     sib_index = _sibling_index(product_code) if (w.sib and product_code is not None) else None
+    price_w = None
+    if price is not None and w.price_exponent:
+        price_w = np.nan_to_num(np.asarray(price, dtype=np.float64), nan=0.0)
+        if price_w.shape[0] != ix.n_items:
+            raise ValueError(f"price has {price_w.shape[0]} rows for {ix.n_items} items")
 
     cosines = _iter_cosines(ix, emb, w.half_life) if emb is not None else None
     lists = []
@@ -532,6 +548,11 @@ def hybrid(
             lists.append(pop_rank[:k].tolist())
             continue
         decay = ix.decay(days, w.half_life)
+        if price_w is not None:
+            known = price_w[items] > 0
+            if known.any():
+                rel = np.where(known, price_w[items] / price_w[items].max(), 1.0)
+                decay = decay * rel**w.price_exponent
         cand = base.copy()
         score = w.pop * pop_score
         if w.rep:
@@ -545,6 +566,8 @@ def hybrid(
                 score = score + w.cf * cf / cf.max()
         if sib_index is not None:
             sib = _sibling_scores(sib_index, items, decay, ix.n_items)
+            if w.sib_pop:
+                sib = sib * (1.0 + w.sib_pop * pop_score)
             if sib.max() > 0:
                 score = score + w.sib * sib / sib.max()
                 cand |= sib > 0
@@ -580,6 +603,25 @@ def _sibling_scores(
     return np.maximum(out, 0.0)
 
 
+def catalogue_prices(history: Events, cutoff: str | int | None = None) -> np.ndarray:
+    """Catalogue price per item code: the median price paid before the cutoff (0: never sold).
+
+    H&M's articles table has no price; what a shop would list is approximated by what its
+    customers paid. ``vrec eval`` sends the same values as the products' ``price``.
+    """
+    c = _cutoff_day(history, cutoff)
+    mask = history.day < c
+    item = history.item[mask].astype(np.int64)
+    paid = history.price[mask].astype(np.float64)
+    out = np.zeros(len(history.items), dtype=np.float64)
+    order = np.lexsort((paid, item))
+    item, paid = item[order], paid[order]
+    bounds = np.searchsorted(item, np.arange(len(history.items) + 1))
+    for i in np.flatnonzero(np.diff(bounds)).tolist():
+        out[i] = float(np.median(paid[bounds[i] : bounds[i + 1]]))
+    return out
+
+
 # ---------------------------------------------------------------------------------- runner
 
 
@@ -607,14 +649,28 @@ BASELINES = (
     "hybrid",
     "tuned",
     "tuned_nochannel",
+    "tuned_novisual",
+    "tuned_noprice",
 )
 
-#: Best configuration found on the dev split (issue 3): the reference hybrid plus product-code
-#: siblings (0.6) and a popularity that counts distinct buyers with store purchases
-#: (sales_channel_id 1) weighted 2. "tuned" in the CLI.
-TUNED = HybridWeights(sib=0.6, pop_unique=True, pop_channel_weights={1: 2.0})
-#: The same without the sales channel (live events do not carry it): "tuned_nochannel".
-TUNED_NOCHANNEL = HybridWeights(sib=0.6, pop_unique=True)
+#: Best configuration found on the dev split (issue 3), the live defaults (streams.settings):
+#: the reference hybrid with co-purchase 0.15, product-code siblings 0.45 boosted by their
+#: popularity (sib_pop 1), purchases weighted by catalogue price (exponent 1) and a popularity
+#: that counts distinct buyers with store purchases (sales_channel_id 1) weighted 2. "tuned".
+TUNED = HybridWeights(
+    cf=0.15,
+    sib=0.45,
+    sib_pop=1.0,
+    price_exponent=1.0,
+    pop_unique=True,
+    pop_channel_weights={1: 2.0},
+)
+#: The same without the sales channel: "tuned_nochannel".
+TUNED_NOCHANNEL = replace(TUNED, pop_channel_weights=None)
+#: The same without the visual signal: "tuned_novisual" (its contribution).
+TUNED_NOVISUAL = replace(TUNED, vis=0.0)
+#: The same without prices: "tuned_noprice".
+TUNED_NOPRICE = replace(TUNED, price_exponent=0.0)
 
 
 def run_baselines(
@@ -634,6 +690,19 @@ def run_baselines(
     emb = None
     if any(n.startswith(("visual", "hybrid", "tuned")) for n in names):
         emb = catalogue_embeddings(items, cache_path)
+    price = catalogue_prices(history, cutoff)
+
+    def tuned(weights: HybridWeights) -> Predictions:
+        return hybrid(
+            history,
+            users,
+            emb,
+            weights,
+            product_code=items.product_code,
+            price=price,
+            cutoff=cutoff,
+        )
+
     runs = {
         "popularity": lambda: popularity(history, users, 7, cutoff=cutoff),
         "repurchase": lambda: repurchase(history, users, cutoff=cutoff),
@@ -641,12 +710,10 @@ def run_baselines(
         "visual": lambda: visual(history, users, emb, cutoff=cutoff),
         "visual_pop": lambda: visual(history, users, emb, pop_weight=0.05, cutoff=cutoff),
         "hybrid": lambda: hybrid(history, users, emb, cutoff=cutoff),
-        "tuned": lambda: hybrid(
-            history, users, emb, TUNED, product_code=items.product_code, cutoff=cutoff
-        ),
-        "tuned_nochannel": lambda: hybrid(
-            history, users, emb, TUNED_NOCHANNEL, product_code=items.product_code, cutoff=cutoff
-        ),
+        "tuned": lambda: tuned(TUNED),
+        "tuned_nochannel": lambda: tuned(TUNED_NOCHANNEL),
+        "tuned_novisual": lambda: tuned(TUNED_NOVISUAL),
+        "tuned_noprice": lambda: tuned(TUNED_NOPRICE),
     }
     out: dict[str, dict[str, float | int]] = {}
     for name in names:

@@ -61,10 +61,26 @@ def _day_ts(day: str) -> float:
     return to_epoch(day)
 
 
-def _catalogue(items: Path, images: Path | None):
+def history_prices(events: Path, cutoff: str) -> dict[str, float]:
+    """article_id -> median price paid before ``cutoff`` (the products' catalogue price; H&M's
+    articles table has none). The same values as :func:`streams.eval.baselines.catalogue_prices`."""
+    from streams.eval.baselines import catalogue_prices
+    from streams.eval.data import load_events
+
+    log = load_events(events)
+    prices = catalogue_prices(log, cutoff)
+    return {str(a): float(p) for a, p in zip(log.items.tolist(), prices.tolist()) if p > 0}
+
+
+def _catalogue(items: Path, images: Path | None, prices: dict[str, float] | None = None):
     from streams.replay import read_hm_items
 
     products = read_hm_items(items)
+    if prices:
+        products = [
+            p.model_copy(update={"price": prices[p.item_id]}) if p.item_id in prices else p
+            for p in products
+        ]
     if images is not None:
         root = Path(items).resolve().parent
         products = [
@@ -198,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         raise SystemExit("give --events, or --history and --truth")
     warm = {e.user_id for e in history} & set(truth)
-    products = _catalogue(args.items, args.images)
+    # catalogue prices (the hybrid ranker's price weighting) from the history's purchases
+    prices = history_prices(args.events, args.cutoff) if args.events else None
+    products = _catalogue(args.items, args.images, prices)
     extra: dict = {"k": args.k, "customers": len(truth), "history_events": len(history)}
 
     if args.baseline:  # offline, on the same split of the same H&M folder

@@ -4,6 +4,13 @@ Each signal is scaled to at most 1 for the user (divided by its maximum over the
 and blended: ``score = w_rep*rep + w_sib*sib + w_cf*cf + w_vis*cos + w_pop*log1p(pop)/log1p(max)``.
 Candidates: the user's purchases, their siblings, their co-purchase neighbours and the trending
 head; visual similarity re-ranks them (alone it is weak on fashion purchases).
+
+Two refinements tuned on the H&M dev split (issue 3): a purchase counts in ``rep`` and ``sib`` in
+proportion to the item's catalogue price, relative to the user's dearest purchase, raised to
+``price_exponent`` (:func:`price_weighted`: dear items -- trousers, dresses, shoes -- are bought
+again, often in another size or colour, far more than cheap ones), and a sibling's score is
+multiplied by ``1 + sib_pop * log1p(pop_j) / log1p(max pop)`` (:func:`boost_by_popularity`: the
+colours people buy right now).
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ class HybridWeights:
     vis: float = 0.5
     pop: float = 0.3
 
+    price_exponent: float = 0.0
+    sib_pop: float = 0.0
+
     @classmethod
     def from_settings(cls, s) -> HybridWeights:
         return cls(
@@ -39,12 +49,41 @@ class HybridWeights:
             cf=s.w_copurchase,
             vis=s.w_visual,
             pop=s.w_popularity,
+            price_exponent=s.rep_price_exponent,
+            sib_pop=s.sibling_pop_boost,
         )
 
 
 def _scaled(signal: Mapping[str, float]) -> dict[str, float]:
     top = max(signal.values(), default=0.0)
     return {i: v / top for i, v in signal.items()} if top > 0 else {}
+
+
+def price_weighted(
+    rep: Mapping[str, float], price_of: Mapping[str, float], exponent: float
+) -> dict[str, float]:
+    """``rep_i * (price_i / max price over the user's items) ** exponent``.
+
+    Items without a (positive) price weigh as much as the dearest one; ``exponent`` 0 or no
+    prices at all leave ``rep`` unchanged.
+    """
+    if not exponent:
+        return dict(rep)
+    prices = {i: float(price_of[i]) for i in rep if (price_of.get(i) or 0.0) > 0}
+    if not prices:
+        return dict(rep)
+    top = max(prices.values())
+    return {i: w * (prices[i] / top) ** exponent if i in prices else w for i, w in rep.items()}
+
+
+def boost_by_popularity(
+    signal: Mapping[str, float], pop: Mapping[str, float], pop_max: float, boost: float
+) -> dict[str, float]:
+    """``signal_j * (1 + boost * log1p(pop_j) / log1p(pop_max))`` (unchanged for boost 0)."""
+    if not boost or pop_max <= 0:
+        return dict(signal)
+    den = math.log1p(pop_max)
+    return {j: v * (1.0 + boost * math.log1p(pop.get(j, 0.0)) / den) for j, v in signal.items()}
 
 
 def sibling_scores(

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from streams.eval.baselines import (
+    TUNED,
     HybridWeights,
+    catalogue_prices,
     co_counts,
     hybrid,
     itemcf,
@@ -273,3 +275,65 @@ def test_hybrid_signals() -> None:
         "B",
         "D",
     ]
+
+
+def _priced(e: Events, prices: list[float]) -> Events:
+    from dataclasses import replace
+
+    return replace(e, price=np.array(prices, dtype=np.float32))
+
+
+def test_catalogue_prices_median_before_cutoff() -> None:
+    e = _priced(
+        ev(
+            ("01", "a", "A"),
+            ("02", "b", "A"),
+            ("03", "c", "A"),
+            ("04", "a", "B"),
+            ("10", "a", "C"),
+            items=["A", "B", "C", "D"],
+        ),  # fmt: skip
+        [0.01, 0.03, 0.02, 0.05, 0.09],
+    )
+    prices = catalogue_prices(e, CUT)
+    assert prices == pytest.approx([0.02, 0.05, 0.0, 0.0])  # C: on the cutoff; D: never sold
+
+
+def test_hybrid_price_weighting_and_popular_siblings() -> None:
+    e = ev(
+        ("09", "u", "cheap"),
+        ("09", "u", "dear"),
+        ("08", "p1", "dear-z"),  # a popular sibling of "dear"
+        ("08", "p2", "dear-z"),
+        items=["cheap", "dear", "dear-a", "dear-z", "other"],
+    )
+    codes = np.array([1, 2, 2, 2, 3])
+    price = np.array([0.01, 0.05, 0.05, 0.05, 0.0])
+    base = HybridWeights(rep=1.0, cf=0.0, vis=0.0, pop=0.0, sib=0.5)
+    run = lambda w: hybrid(e, ["u"], None, w, product_code=codes, price=price, cutoff=CUT, k=4)["u"]  # noqa: E731
+    # same day, no price: the purchases tie (code order), then the siblings (code order)
+    assert run(base) == ["cheap", "dear", "dear-a", "dear-z"]
+    # price: the dear purchase first; the cheap one (0.2) below the siblings (0.5)
+    assert run(HybridWeights(**{**base.__dict__, "price_exponent": 1.0})) == [
+        "dear", "dear-a", "dear-z", "cheap",
+    ]  # fmt: skip
+    # sibling popularity boost: the popular sibling first among the siblings
+    boosted = HybridWeights(**{**base.__dict__, "price_exponent": 1.0, "sib_pop": 1.0})
+    assert run(boosted) == ["dear", "dear-z", "dear-a", "cheap"]
+    with pytest.raises(ValueError):
+        hybrid(e, ["u"], None, boosted, product_code=codes, price=price[:2], cutoff=CUT)
+
+
+def test_tuned_matches_live_defaults() -> None:
+    from streams.ranking.hybrid import HybridWeights as LiveWeights
+    from streams.settings import Settings
+
+    s = Settings()
+    live = LiveWeights.from_settings(s)
+    assert (live.rep, live.sib, live.cf, live.vis, live.pop) == (
+        TUNED.rep, TUNED.sib, TUNED.cf, TUNED.vis, TUNED.pop,
+    )  # fmt: skip
+    assert (live.price_exponent, live.sib_pop) == (TUNED.price_exponent, TUNED.sib_pop)
+    assert s.trending_distinct_buyers == TUNED.pop_unique
+    assert s.trending_channel_weights == TUNED.pop_channel_weights
+    assert s.trending_window_days == TUNED.pop_days and s.half_life_days == TUNED.half_life

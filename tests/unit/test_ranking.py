@@ -478,3 +478,112 @@ def test_recommend_excludes_even_if_search_returns_excluded_items():
     )
     assert "p" not in [s.item_id for s in ranked]
     assert [s.item_id for s in ranked] == ["q", "r", "t1"]
+
+
+# ---------------------------------------------------------------- hybrid ranker
+
+
+def test_price_weighted_relative_to_dearest_item():
+    from streams.ranking.hybrid import price_weighted
+
+    rep = {"a": 1.0, "b": 2.0, "c": 1.0}
+    prices = {"a": 0.05, "b": 0.025}  # c has no price: weighs as the dearest
+    assert price_weighted(rep, prices, 1.0) == pytest.approx({"a": 1.0, "b": 1.0, "c": 1.0})
+    assert price_weighted(rep, prices, 2.0) == pytest.approx({"a": 1.0, "b": 0.5, "c": 1.0})
+    assert price_weighted(rep, prices, 0.0) == rep  # off
+    assert price_weighted(rep, {}, 1.0) == rep  # no prices at all
+    assert price_weighted(rep, {"a": 0.0, "b": 0.0}, 1.0) == rep  # unknown (0) prices
+
+
+def test_boost_by_popularity():
+    from streams.ranking.hybrid import boost_by_popularity
+
+    sib = {"a": 1.0, "b": 1.0, "c": 2.0}
+    pop = {"a": 8.0, "b": 0.0}  # c: not sold in the window
+    out = boost_by_popularity(sib, pop, 8.0, 1.0)
+    assert out == pytest.approx({"a": 2.0, "b": 1.0, "c": 2.0})
+    half = boost_by_popularity(sib, {"a": 2.0}, 8.0, 0.5)
+    assert half["a"] == pytest.approx(1.0 + 0.5 * math.log1p(2.0) / math.log1p(8.0))
+    assert boost_by_popularity(sib, pop, 8.0, 0.0) == sib
+    assert boost_by_popularity(sib, pop, 0.0, 1.0) == sib  # nothing popular: unchanged
+
+
+def test_hybrid_rank_blend_reasons_and_exclusion():
+    from streams.ranking.hybrid import HybridWeights, hybrid_rank
+
+    w = HybridWeights(rep=1.0, sib=0.5, cf=0.3, vis=0.0, pop=0.2)
+    ranked = hybrid_rank(
+        candidates=["a", "b", "c", "d", "x"],
+        rep={"a": 2.0, "x": 4.0},
+        sib={"b": 1.0},
+        cf={"c": 3.0},
+        vis={},
+        pop={"d": 9.0, "c": 1.0},
+        weights=w,
+        k=4,
+        exclude={"x"},
+    )
+    # rep scaled by its max (x, excluded, still sets the scale): a = 0.5
+    assert [(s.item_id, s.reason) for s in ranked] == [
+        ("a", "bought before"),
+        ("b", "same product"),
+        ("c", "bought together"),
+        ("d", "trending"),
+    ]
+    assert ranked[0].score == pytest.approx(0.5)
+    assert ranked[2].score == pytest.approx(0.3 + 0.2 * math.log1p(1.0) / math.log1p(9.0))
+
+
+def test_hybrid_recommend_price_weighting_and_popular_siblings():
+    from streams.ranking.copurchase import CoPurchase
+    from streams.recommend import hybrid_recommend
+
+    s = _settings(
+        top_k=4,
+        personalise_after=1,
+        exclude="none",
+        half_life_days=30.0,
+        w_repurchase=1.0,
+        w_sibling=0.5,
+        w_copurchase=0.0,
+        w_visual=0.0,
+        w_popularity=0.1,
+        rep_price_exponent=1.0,
+        sibling_pop_boost=1.0,
+        pop_candidates=10,
+    )
+    cfg = DecayConfig.from_settings(s)
+    state = UserState("u")
+    vec = np.array([1.0, 0.0])
+    for item in ("cheap", "dear"):  # the same day, cheap first
+        state = fold_event(state, item_id=item, kind="purchase", ts=100.0, vector=vec, config=cfg)
+    trending = Trending(window_s=86_400.0, bucket_s=3600, kind_weights={"purchase": 1.0})
+    trending.add("dear-z", "purchase", 100.0, count=4)  # a popular sibling of "dear"
+    trending.add("hit", "purchase", 100.0, count=9)
+    code_of = {"cheap": "1", "dear": "2", "dear-a": "2", "dear-z": "2"}
+    members = {"1": {"cheap"}, "2": {"dear", "dear-a", "dear-z"}}
+    prices = {"cheap": 0.01, "dear": 0.05}
+
+    def run(**kw):
+        ranked, strategy = hybrid_recommend(
+            state,
+            settings=s.model_copy(update=kw),
+            trending=trending,
+            copurchase=CoPurchase(),
+            vectors={},
+            code_of=code_of,
+            members=members,
+            price_of=prices,
+        )
+        assert strategy == "hybrid"
+        return [r.item_id for r in ranked]
+
+    # the dear purchase first; its popular sibling before the unpopular one
+    assert run() == ["dear", "dear-z", "dear-a", "cheap"]
+    # without prices both purchases tie (item id order) and outrank the siblings
+    assert run(rep_price_exponent=0.0)[:2] == ["cheap", "dear"]
+    # without the boost (and popularity) the siblings tie: item id order
+    assert run(sibling_pop_boost=0.0, w_popularity=0.0)[1:3] == ["dear-a", "dear-z"]
+    assert run(sibling_pop_boost=0.0, w_popularity=0.0, rep_price_exponent=0.0) == [
+        "cheap", "dear", "dear-a", "dear-z"
+    ]  # fmt: skip
