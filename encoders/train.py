@@ -9,7 +9,9 @@ writes ``<sha12>.metrics.json`` next to it.
 ``vrec train distill [--limit N] [--epochs N] [--seed S] [--size PX] [--out DIR] ...`` distils
 the EfficientNet-Lite0 encoder into a faster MobileNetV2 student (see :mod:`encoders.distill`).
 
-``adversarial`` is a placeholder (exit status 2).
+``vrec train adversarial [--limit N] [--epochs N] [--seed S] [--eps LEVELS] [--out DIR] ...``
+fine-tunes the encoder's last blocks against adversarial and realistic perturbations (see
+:mod:`encoders.adversarial`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .classify import (
 
 __all__ = ["main", "run_classify"]
 
-NOT_IMPLEMENTED = ("adversarial",)
+NOT_IMPLEMENTED: tuple[str, ...] = ()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,9 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--limit", type=int, default=0, help="use only the first N items (0: all)")
     p.add_argument("--no-progress", action="store_true")
-    from . import distill
+    from . import adversarial, distill
 
     distill.add_args(sub.add_parser("distill", help="distil the encoder into a MobileNetV2"))
+    adversarial.add_args(sub.add_parser("adversarial", help="perturbation-robust fine-tuning"))
     for name in NOT_IMPLEMENTED:
         sub.add_parser(name, help="not implemented yet", add_help=False)
     return ap
@@ -78,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         from .distill import run_cli
 
         return run_cli(args)
+    if args.command == "adversarial":
+        from .adversarial import run_cli as run_adversarial_cli
+
+        return run_adversarial_cli(args)
     return 2  # pragma: no cover - argparse rejects anything else
 
 
