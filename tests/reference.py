@@ -33,6 +33,7 @@ class RefConfig:
     window_s: float
     bucket_s: int
     distinct_buyers: bool = True
+    channel_weights: dict[int, int] | None = None  # {sales channel: weight}; others weigh 1
 
     @classmethod
     def of(cls, s) -> RefConfig:  # s: streams.settings.Settings
@@ -45,7 +46,13 @@ class RefConfig:
             window_s=s.trending_window_days * 86400.0,
             bucket_s=s.trending_bucket_s,
             distinct_buyers=s.trending_distinct_buyers,
+            channel_weights=dict(s.trending_channel_weights),
         )
+
+    def count(self, event: dict) -> int:
+        """What one counted event adds to its item's popularity (its channel's weight)."""
+        channel = event.get("channel")
+        return (self.channel_weights or {}).get(channel, 1) if channel else 1
 
 
 def trending_list(events: list[dict], cfg: RefConfig, exclude=frozenset()):
@@ -53,7 +60,7 @@ def trending_list(events: list[dict], cfg: RefConfig, exclude=frozenset()):
     it: a customer's repeat purchase of an item inside the window counts once."""
     counted, last = [], {}
     for e in events:
-        ev = (e["item_id"], e["kind"], float(e["ts"]))
+        ev = (e["item_id"], e["kind"], float(e["ts"]), cfg.count(e))
         key = (e["user_id"], ev[0])
         if ev[1] == "purchase":
             prev = last.get(key)
@@ -64,14 +71,17 @@ def trending_list(events: list[dict], cfg: RefConfig, exclude=frozenset()):
     return _trending(counted, cfg, set(exclude))
 
 
-def _trending(events: list[tuple[str, str, float]], cfg: RefConfig, exclude: set[str]):
-    buckets = [int(ts // cfg.bucket_s) for _, _, ts in events]
+def _trending(
+    events: list[tuple[str, str, float, int]], cfg: RefConfig, exclude: set[str]
+) -> list[tuple[str, float]]:
+    """(item, kind, ts, count) events -> the top k by weight x count within the window."""
+    buckets = [int(ts // cfg.bucket_s) for _, _, ts, _ in events]
     now = max(buckets)
     n = max(1, math.ceil(cfg.window_s / cfg.bucket_s))
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for (item, kind, _), b in zip(events, buckets):
+    for (item, kind, _, count), b in zip(events, buckets):
         if b > now - n:
-            counts[item][kind] += 1
+            counts[item][kind] += count
     # weight x count per kind (not a running float sum): equal counts give equal scores
     score = {i: sum(cfg.weights[k] * c for k, c in sorted(kc.items())) for i, kc in counts.items()}
     ranked = sorted(
@@ -150,7 +160,7 @@ def expected_recommendations(
             )
             per_user[user].append(ev)
             if not repeat:
-                partition_events.append(ev)
+                partition_events.append((*ev, cfg.count(e)))
             hist = per_user[user]
             if cfg.exclude == "purchased":
                 exclude = {i for i, k, _ in hist if k == "purchase"}
