@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from collections import defaultdict
 
 import numpy as np
@@ -16,7 +15,7 @@ from reference import RefConfig, expected_recommendations
 from streams.events import Recommendation
 from streams.harness import Pipeline, WorkerProcess
 from streams.replay import read_hm_items, read_log
-from streams.settings import REPO_ROOT, Settings, TopicNames
+from streams.settings import REPO_ROOT, Settings, isolated_run
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 
@@ -31,6 +30,14 @@ def _wait_log(worker: WorkerProcess, text: str, timeout: float = 180.0) -> None:
         assert worker.alive, worker.log_tail()
         time.sleep(0.5)
     raise AssertionError(f"no {text!r} in {worker.log_path}:\n{worker.log_tail()}")
+
+
+def _settings(bootstrap: str, data_dir, kind: str, **overrides) -> Settings:
+    """Own app id and topics for one test; the visual ranker the reference computes."""
+    base = Settings(broker=bootstrap, data_dir=data_dir)
+    return isolated_run(
+        base, kind, ranker="visual", exclude="purchased", personalise_after=2, **overrides
+    ).model_copy(update={"data_dir": data_dir})
 
 
 @pytest.mark.parametrize(
@@ -52,17 +59,7 @@ def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, take
     faust-streaming#629 / #471), so it hangs in about one run of two here."""
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        broker=kafka_broker.bootstrap,
-        app_id=f"vrec-scale-{run}",
-        data_dir=tmp_path / "w1",
-        topics=TopicNames(prefix=f"t{run}."),
-        partitions=2,
-        ranker="visual",
-        exclude="purchased",
-        personalise_after=2,
-    )
+    settings = _settings(kafka_broker.bootstrap, tmp_path / "w1", "scale", partitions=2)
     second = WorkerProcess(
         settings.model_copy(update={"data_dir": tmp_path / "w2"}), tmp_path / "w2" / "worker.log"
     )
@@ -118,21 +115,13 @@ def test_encoder_service_and_recommend_worker(kafka_broker, tmp_path):
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
     events = events[:600]
-    run = uuid.uuid4().hex[:8]
-    recommend = Settings(
-        broker=kafka_broker.bootstrap,
-        app_id=f"vrec-roles-{run}",
-        data_dir=tmp_path / "recommend",
-        topics=TopicNames(prefix=f"r{run}."),
-        roles="recommend",
-        ranker="visual",
-        exclude="purchased",
-        personalise_after=2,
+    recommend = _settings(
+        kafka_broker.bootstrap, tmp_path / "recommend", "roles", roles="recommend"
     )
     encoder = WorkerProcess(
         recommend.model_copy(
             update={
-                "app_id": f"vrec-roles-{run}-encoder",
+                "app_id": f"{recommend.app_id}-encoder",
                 "data_dir": tmp_path / "encoder",
                 "roles": "encode",
             }
