@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import sys
 from pathlib import Path
 
+from streams.logs import logging_config
 from streams.settings import REPO_ROOT, Settings, get_settings
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
@@ -139,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         args.rest = argv[1:]
     else:
         args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    config = logging_config(get_settings().log_format, level)
+    if config is not None:
+        logging.config.dictConfig(config)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.WARNING)
     return int(args.func(args) or 0)

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     session_timeout_s: float = Field(20.0, gt=0, description="consumer group session timeout")
     web_port: int = 6066
+    # "json": one JSON object per log line (streams/logs.py); "text": human-readable
+    log_format: Literal["text", "json"] = "text"
     web_enabled: bool = False
     data_dir: Path = REPO_ROOT / "var"
 

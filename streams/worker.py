@@ -8,6 +8,7 @@ import faust
 
 from streams.app import build_app
 from streams.broker import create_topics
+from streams.logs import logging_config
 from streams.settings import Settings
 from streams.topics import all_topic_names, compacted_topic_names
 
@@ -29,7 +30,12 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     vrec = build_app(settings)
     vrec.runtime.open()
     try:
-        worker = faust.Worker(vrec.app, loglevel=loglevel, quiet=True)
+        worker = faust.Worker(
+            vrec.app,
+            loglevel=loglevel,
+            quiet=True,
+            logging_config=logging_config(settings.log_format, loglevel),
+        )
         worker.execute_from_commandline()
     finally:
         vrec.runtime.close()

@@ -4,6 +4,7 @@ per-partition order), and when one worker is killed the other takes over with no
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import defaultdict
@@ -124,6 +125,7 @@ def test_encoder_service_and_recommend_worker(kafka_broker, tmp_path):
                 "app_id": f"{recommend.app_id}-encoder",
                 "data_dir": tmp_path / "encoder",
                 "roles": "encode",
+                "log_format": "json",
             }
         ),
         tmp_path / "encoder" / "worker.log",
@@ -134,7 +136,10 @@ def test_encoder_service_and_recommend_worker(kafka_broker, tmp_path):
             pipe.index(products)
             _wait_log(pipe.worker, f"replica caught up: {len(products)} items")
             assert pipe.worker.log_path.read_text().count("embedded ") == 0, "recommend only"
-            assert encoder.log_path.read_text().count("embedded ") > 0
+            # the encoder service logs structured JSON lines (VREC_LOG_FORMAT=json)
+            lines = [json.loads(x) for x in encoder.log_path.read_text().splitlines() if x]
+            assert lines and all({"ts", "level", "logger", "message"} <= set(x) for x in lines)
+            assert any(x["message"].startswith("embedded ") for x in lines)
             pipe.replay(events)
             recs = pipe.recommendations()
             user_events = pipe.read("user_events", idle=1.0, timeout=60)
