@@ -99,7 +99,8 @@ def hybrid_recommend(
     head = trending.top(s.pop_candidates)
     candidates = set(state.rep) | set(sib) | set(cf) | {i for i, _ in head}
     pop = {i: trending.score(i) for i in candidates}
-    pop_max = max((sc for _, sc in trending.top(1)), default=0.0)
+    # the head is sorted: its first score is the window's maximum (one scan, not two)
+    pop_max = head[0][1] if head else max((sc for _, sc in trending.top(1)), default=0.0)
     sib = boost_by_popularity(sib, pop, pop_max, weights.sib_pop)
     vis: dict[str, float] = {}
     vec = state.vector
