@@ -440,7 +440,7 @@ def format_report(m: dict[str, Any]) -> str:
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common_args(p, epochs=1)
     d = AdvConfig()
-    p.set_defaults(batch_size=d.batch_size, limit=1200)
+    p.set_defaults(batch_size=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--eps", type=float, default=d.eps, help="L-inf radius in pixel levels")
     p.add_argument("--pgd-steps", type=int, default=d.pgd_steps)

@@ -577,7 +577,12 @@ def format_report(m: dict[str, Any]) -> str:
 def add_common_args(p: argparse.ArgumentParser, epochs: int) -> None:
     """Options shared by ``vrec train distill`` and ``vrec train adversarial``."""
     p.add_argument("--items", type=Path, default=None, help="items.csv (default: shared H&M)")
-    p.add_argument("--limit", type=int, default=2000, help="about N images, whole product codes")
+    p.add_argument(
+        "--limit",
+        type=int,
+        required=True,
+        help="about N images, whole product codes (0: all); required: runs are CPU-costly",
+    )
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="models dir (default: settings)")
