@@ -39,8 +39,6 @@ from .classify import (
 
 __all__ = ["main", "run_classify"]
 
-NOT_IMPLEMENTED: tuple[str, ...] = ()
-
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vrec train", description="Train heads on image embeddings")
@@ -64,16 +62,11 @@ def _parser() -> argparse.ArgumentParser:
 
     distill.add_args(sub.add_parser("distill", help="distil the encoder into a MobileNetV2"))
     adversarial.add_args(sub.add_parser("adversarial", help="perturbation-robust fine-tuning"))
-    for name in NOT_IMPLEMENTED:
-        sub.add_parser(name, help="not implemented yet", add_help=False)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in NOT_IMPLEMENTED:
-        print(f"vrec train {argv[0]}: not implemented yet", file=sys.stderr)
-        return 2
     args = _parser().parse_args(argv)
     if args.command == "classify":
         return _classify(args)
