@@ -53,11 +53,13 @@ EVAL_HEADER = ("text weight", "MAP@12 all", "MAP@12 warm", "HR@12 all", "HR@12 w
 _EMBED_CHUNK = 512
 
 
-def catalogue_texts(items: Any) -> list[str]:
-    """The text of every catalogue row (:func:`encoders.text.item_text`)."""
-    from .text import item_text
+def catalogue_texts(items: Any, columns: Sequence[str] | None = None) -> list[str]:
+    """The text of every catalogue row: :func:`encoders.text.item_text` (name, product type,
+    colour, description), or the given ``columns`` joined the same way."""
+    from .text import HM_TEXT_COLUMNS, join_text
 
-    return [item_text(r) for r in items.rows]
+    cols = tuple(columns) if columns else HM_TEXT_COLUMNS
+    return [join_text([r.get(c) for c in cols]) for r in items.rows]
 
 
 def catalogue_text_embeddings(
@@ -225,6 +227,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cutoff", default=None, help="dev split cutoff (default: 2020-09-17)")
     p.add_argument("--end", default=None, help="dev split last truth day (default: 2020-09-19)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (text encoder)")
+    p.add_argument(
+        "--text-columns",
+        default="",
+        help="items.csv columns of the item text (comma-separated; default: prod_name, "
+        "product_type_name, colour_group_name, detail_desc)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--no-progress", action="store_true")
 
@@ -262,7 +270,9 @@ def run_cli(args: argparse.Namespace) -> int:
     image = catalogue_embeddings(items, args.cache, progress=progress)
     encoder = TextEncoder(ensure_text_model(model_dir), threads=args.threads)
     with EmbeddingCache(args.cache) as cache:
-        text = catalogue_text_embeddings(catalogue_texts(items), encoder, cache, progress)
+        columns = [c.strip() for c in args.text_columns.split(",") if c.strip()]
+        texts = catalogue_texts(items, columns)
+        text = catalogue_text_embeddings(texts, encoder, cache, progress)
     print(
         f"{len(items)} items: image {image.shape}, text {text.shape} ({encoder.model_id}) "
         f"in {time.perf_counter() - t0:.1f}s",
@@ -273,6 +283,8 @@ def run_cli(args: argparse.Namespace) -> int:
         "n_items": len(items),
         "n_without_image": int((~has_image).sum()),
         "text_model_id": encoder.model_id,
+        "text_columns": columns or "prod_name,product_type_name,colour_group_name,detail_desc",
+        "text_example": texts[0],
         "weights": weights,
     }
     labels = items.product_type

@@ -12,6 +12,9 @@ the EfficientNet-Lite0 encoder into a faster MobileNetV2 student (see :mod:`enco
 ``vrec train adversarial [--limit N] [--epochs N] [--seed S] [--eps LEVELS] [--out DIR] ...``
 fine-tunes the encoder's last blocks against adversarial and realistic perturbations (see
 :mod:`encoders.adversarial`).
+
+``vrec train multimodal [--parts classify,neighbours,eval] [--weights W,...] ...`` measures what
+the text embedding adds to the image embedding (see :mod:`encoders.multimodal`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
 
     distill.add_args(sub.add_parser("distill", help="distil the encoder into a MobileNetV2"))
     adversarial.add_args(sub.add_parser("adversarial", help="perturbation-robust fine-tuning"))
+    from . import multimodal
+
+    multimodal.add_args(sub.add_parser("multimodal", help="image + text fusion: measurements"))
     return ap
 
 
@@ -78,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         from .adversarial import run_cli as run_adversarial_cli
 
         return run_adversarial_cli(args)
+    if args.command == "multimodal":
+        from .multimodal import run_cli as run_multimodal_cli
+
+        return run_multimodal_cli(args)
     return 2  # pragma: no cover - argparse rejects anything else
 
 
