@@ -15,7 +15,7 @@ from PIL import Image
 
 from .preprocess import preprocess
 
-__all__ = ["ImageEncoder"]
+__all__ = ["ImageEncoder", "encoder_file"]
 
 MODEL_NAME = "efficientnet_lite0"  # model_id prefix; also the ONNX file stem
 CPU = "CPUExecutionProvider"
@@ -25,6 +25,22 @@ _QUIET_SEVERITY = 4  # FATAL only: hides the "failed to load CUDA provider" ERRO
 
 _probe_lock = threading.Lock()
 _cuda_works: bool | None = None  # None: not probed yet in this process
+
+
+def encoder_file(path: str | Path) -> Path:
+    """The ONNX file of an encoder: ``path`` itself, or for a training output folder (``vrec
+    train distill|adversarial``) the file its ``current.json`` names."""
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        current = path / "current.json"
+        if not current.is_file():
+            raise FileNotFoundError(f"{path} is a folder without current.json")
+        path = path / json.loads(current.read_text())["onnx"]
+    if not path.is_file():
+        raise FileNotFoundError(f"no encoder model at {path}")
+    return path
 
 
 def _options(threads: int, severity: int | None = None) -> ort.SessionOptions:

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
 
     # encoder
     model_dir: Path = REPO_ROOT / ".cache" / "models"
+    # another image encoder than the EfficientNet-Lite0 export: an .onnx file or a training
+    # output folder (its current.json names the file), e.g. a `vrec train distill` student
+    encoder_model: str = ""
     encoder_batch: int = Field(32, ge=1)
     encoder_batch_wait_s: float = 0.2
     encoder_threads: int = 0  # 0: onnxruntime picks

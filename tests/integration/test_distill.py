@@ -123,3 +123,18 @@ def test_cli_distill_tiny_run(tmp_path: Path, capsys) -> None:
     emb = enc.embed_images(images)
     assert emb.shape == (3, 1280) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+    # a worker runs the student with VREC_ENCODER_MODEL=<folder>: its model id is the student's
+    from encoders import encoder_file
+    from streams.runtime import Runtime
+    from streams.settings import Settings
+
+    assert encoder_file(folder) == encoder_file(onnx_path) == onnx_path
+    with pytest.raises(FileNotFoundError, match="current.json"):
+        encoder_file(tmp_path)
+    rt = Runtime(Settings(encoder_model=str(folder), store="qdrant-memory", data_dir=tmp_path))
+    rt.open()
+    try:
+        assert rt.model_id == metrics["model_id"] and rt.encoder.input_size == 128
+    finally:
+        rt.close()
