@@ -12,7 +12,8 @@ Three measurements over the whole catalogue, for image-only, text-only and fused
   title and description) of the same product_type_name? Rate at 1 and precision at 10.
 * **eval**: the ``visual`` baseline of :mod:`streams.eval.baselines` on the dev split (history
   before 2020-09-17, truth 2020-09-17..19) with the catalogue's fused vectors at each ``w``:
-  MAP@12 all / warm (``w = 0`` is the image-only baseline).
+  MAP@12 all / warm (``w = 0`` is the image-only baseline). ``--baseline tuned`` runs the tuned
+  hybrid of issue 3 instead, its visual signal on the fused vectors.
 
 Leakage: ``detail_desc`` and the product type itself are part of the text, so text-only and
 fused numbers for product-type classification and neighbours are an upper bound (the label is
@@ -49,7 +50,11 @@ __all__ = [
 ]
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-EVAL_HEADER = ("text weight", "MAP@12 all", "MAP@12 warm", "HR@12 all", "HR@12 warm", "coverage")
+EVAL_BASELINES = ("visual", "tuned")
+EVAL_HEADER = (
+    "text weight", "MAP@12 all", "MAP@12 warm", "HR@12 all", "HR@12 warm", "coverage",
+    "warm MAP vs first weight [95% CI]",
+)  # fmt: skip
 _EMBED_CHUNK = 512
 
 
@@ -182,25 +187,60 @@ def eval_table(
     cutoff: str,
     end: str,
     items: Any | None = None,
+    baseline: str = "visual",
 ) -> dict[str, dict[str, Any]]:
-    """The ``visual`` baseline on the dev split with fused vectors at each text weight."""
-    from streams.eval.baselines import visual
-    from streams.eval.data import dev_split, load_events, load_items
-    from streams.eval.metrics import evaluate
+    """An offline baseline on the dev split with fused vectors at each text weight.
 
+    ``baseline``: ``"visual"`` (cosine to the user's decayed mean vector) or ``"tuned"`` (the
+    tuned hybrid of issue 3, whose visual signal then uses the fused vectors). Each weight's
+    result also has ``delta_map_warm`` against the first weight with a 95% paired bootstrap
+    interval over the warm users (:func:`paired_bootstrap`).
+    """
+    from streams.eval.baselines import TUNED, catalogue_prices, hybrid, visual
+    from streams.eval.data import dev_split, load_events, load_items
+    from streams.eval.metrics import apk, evaluate
+
+    if baseline not in EVAL_BASELINES:
+        raise ValueError(f"baseline must be one of {EVAL_BASELINES}, not {baseline!r}")
     items = items if items is not None else load_items(data_dir)
     events = load_events(data_dir, items)
     history, truth, warm = dev_split(events, cutoff, end)
     users = list(truth)
+    price = catalogue_prices(history, cutoff) if baseline == "tuned" else None
     out: dict[str, dict[str, Any]] = {}
+    warm_users = [u for u in truth if u in warm]
+    first_ap: np.ndarray | None = None
     for w in weights:
         t0 = time.perf_counter()
         emb = fused_catalogue(image, text, w)
-        preds = visual(history, users, emb, cutoff=cutoff)
+        if baseline == "tuned":
+            preds = hybrid(
+                history, users, emb, TUNED, product_code=items.product_code, price=price,
+                cutoff=cutoff,
+            )  # fmt: skip
+        else:
+            preds = visual(history, users, emb, cutoff=cutoff)
         res = evaluate(preds, truth, warm, catalogue_size=len(items))
+        ap = np.array([apk(truth[u], preds.get(u, []), 12) for u in warm_users])
+        first_ap = ap if first_ap is None else first_ap
+        delta, lo, hi = paired_bootstrap(ap, first_ap)
+        res.update(delta_map_warm=delta, delta_map_warm_ci95=[lo, hi])
         res["seconds"] = round(time.perf_counter() - t0, 2)
         out[f"{w:g}"] = res
     return out
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` (per-user scores) and its 95% bootstrap interval (users resampled)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(d) == 0:
+        return 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
 
 
 # ------------------------------------------------------------------ CLI
@@ -224,6 +264,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=200, help="classifier max epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-count", type=int, default=10)
+    p.add_argument("--baseline", choices=EVAL_BASELINES, default="visual", help="eval ranker")
     p.add_argument("--cutoff", default=None, help="dev split cutoff (default: 2020-09-17)")
     p.add_argument("--end", default=None, help="dev split last truth day (default: 2020-09-19)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (text encoder)")
@@ -327,16 +368,17 @@ def run_cli(args: argparse.Namespace) -> int:
         )
     if "eval" in parts:
         cutoff, end = args.cutoff or DEV_CUTOFF, args.end or DEV_END
-        ev = eval_table(image, text, weights, items.root, cutoff, end, items)
+        ev = eval_table(image, text, weights, items.root, cutoff, end, items, args.baseline)
         results["eval"] = ev
-        results["eval_split"] = {"cutoff": cutoff, "end": end}
+        results["eval_split"] = {"cutoff": cutoff, "end": end, "baseline": args.baseline}
         rows = [
-            (w, m["map_all"], m["map_warm"], m["hr_all"], m["hr_warm"], m["coverage"])
+            (w, m["map_all"], m["map_warm"], m["hr_all"], m["hr_warm"], m["coverage"],
+             "{:+.4f} [{:+.4f}, {:+.4f}]".format(m["delta_map_warm"], *m["delta_map_warm_ci95"]))
             for w, m in ev.items()
-        ]
+        ]  # fmt: skip
         first = next(iter(ev.values()))
         report.append(
-            f"visual baseline, dev split {cutoff}..{end} ({first['users']} users, "
+            f"{args.baseline} baseline, dev split {cutoff}..{end} ({first['users']} users, "
             f"{first['warm_users']} warm), fused vectors by text weight\n"
             + _fmt_rows(EVAL_HEADER, rows)
         )

@@ -64,3 +64,17 @@ def test_fused_catalogue_keeps_imageless_rows_zero() -> None:
     assert f.shape == (3, 4) and not f[1].any()
     np.testing.assert_allclose(f[[0, 2]] @ f[[0, 2]].T, 0.5 * img[[0, 2]] @ img[[0, 2]].T
                                + 0.5 * txt[[0, 2]] @ txt[[0, 2]].T, atol=1e-6)  # fmt: skip
+
+
+def test_paired_bootstrap_interval() -> None:
+    from encoders.multimodal import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    b = rng.uniform(size=500)
+    d, lo, hi = paired_bootstrap(b + 0.1, b)
+    assert d == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    noisy = b + rng.normal(0.05, 0.2, size=500)
+    d, lo, hi = paired_bootstrap(noisy, b)
+    assert lo < d < hi and lo > 0 and hi - lo < 0.1
+    d, lo, hi = paired_bootstrap(b + rng.normal(0, 0.2, size=500), b)
+    assert lo < 0 < hi  # no real difference: the interval covers 0
