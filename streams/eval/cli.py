@@ -245,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             settings={
                 k: v
                 for k, v in settings.model_dump(mode="json").items()
-                if k.startswith(("w_", "ranker", "exclude", "half_life", "trending", "weight_"))
+                if k.startswith(
+                    ("w_", "ranker", "exclude", "half_life", "trending", "weight_")
+                    + ("rep_price", "sibling_", "cf_", "pop_candidates")
+                )
             },
             timings_s={k: round(v, 1) for k, v in timings.items()},
             total_s=round(time.monotonic() - t0, 1),
