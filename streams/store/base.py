@@ -181,7 +181,7 @@ class StoreBase:
         q_txt = self._check_vector(text, TEXT)
         if limit <= 0:
             return []
-        n = candidates if candidates > 0 else max(4 * limit, 64)
+        n = max(candidates, limit) if candidates > 0 else max(4 * limit, 64)
         found: dict[str, Hit] = {}
         cos_i: dict[str, float] = {}
         cos_t: dict[str, float | None] = {}

@@ -448,6 +448,8 @@ def test_fused_search_falls_back_to_image_search(
         assert [h.item_id for h in hits] == [h.item_id for h in plain]
         assert [h.score for h in hits] == pytest.approx([h.score for h in plain])
     assert filled.search_fused(q_img, q_txt, 0, text_weight=0.5) == []
+    # a candidate pool smaller than the limit still returns the limit
+    assert len(filled.search_fused(q_img, q_txt, 20, text_weight=0.5, candidates=5)) == 20
     with pytest.raises(ValueError):
         filled.search_fused(q_img, q_txt, 10, text_weight=1.5)
     with pytest.raises(ValueError):

@@ -49,3 +49,16 @@ def test_item_embedding_carries_an_optional_text_vector() -> None:
     np.testing.assert_array_equal(both.text_vector, txt)
     np.testing.assert_array_equal(both.vector, img)
     assert Settings().text_weight == 0.0  # fusion is off by default
+
+
+def test_run_time_text_encoder_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, encoders.text, encoders.fusion, streams.store; "
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
