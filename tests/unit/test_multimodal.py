@@ -78,3 +78,26 @@ def test_paired_bootstrap_interval() -> None:
     assert lo < d < hi and lo > 0 and hi - lo < 0.1
     d, lo, hi = paired_bootstrap(b + rng.normal(0, 0.2, size=500), b)
     assert lo < 0 < hi  # no real difference: the interval covers 0
+
+
+def test_visual_per_modality_ranks_by_each_modality() -> None:
+    from encoders.multimodal import visual_per_modality
+    from streams.eval.baselines import visual
+    from streams.eval.data import Events
+
+    ids = [f"a{i}" for i in range(6)]
+    # a0 is bought; a1 looks like it, a2 reads like it, a5 has no image (never a candidate)
+    img = l2_normalise(np.array([[1, 0, 0], [0.95, 0.3, 0], [0, 1, 0], [0, 0, 1],
+                                 [0.3, 0.3, 0.9], [0, 0, 0]], dtype=np.float32))  # fmt: skip
+    txt = l2_normalise(np.array([[1, 0], [0, 1], [1, 0.05], [0, 1], [0.2, 1], [1, 0]]))
+    history = Events.from_records([("2020-01-01", "u", "a0"), ("2020-01-02", "v", "a3")], ids)
+    users = ["u", "cold"]
+    for w in (0.0, 0.5):
+        got = visual_per_modality(history, users, img, txt, w, cutoff="2020-01-05", k=3)
+        assert got["cold"] == ["a3", "a0"]  # popularity (only two items bought)
+        assert got["u"][0] == "a0" and "a5" not in got["u"]
+        if w == 0:
+            assert got == visual(history, users, img, cutoff="2020-01-05", k=3)
+            assert got["u"][1] == "a1"
+        else:
+            assert got["u"][1] == "a2"  # (0 + 0.999) / 2 beats a1's (0.95 + 0) / 2
