@@ -25,6 +25,12 @@ def _day_ts(day: str) -> float:
     return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
 
 
+def _hm_description(row: dict[str, str]) -> str | None:
+    from encoders.text import join_text
+
+    return join_text([row.get("colour_group_name"), row.get("detail_desc")]) or None
+
+
 def read_hm_items(items_csv: Path, limit: int | None = None) -> list[ProductUpload]:
     """H&M articles as product uploads; image paths made absolute (relative to the CSV)."""
     root = Path(items_csv).resolve().parent
@@ -37,6 +43,9 @@ def read_hm_items(items_csv: Path, limit: int | None = None) -> list[ProductUplo
                     image_path=str(root / row["image_path"]),
                     title=row.get("prod_name", ""),
                     category=row.get("product_type_name") or None,
+                    # colour + detail_desc: with title and category, the item text of the
+                    # text vector equals encoders.text.item_text(row)
+                    description=_hm_description(row),
                     product_code=row.get("product_code") or None,
                     ts=0.0,
                 )

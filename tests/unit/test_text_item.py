@@ -62,3 +62,20 @@ def test_run_time_text_encoder_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_replayed_hm_products_carry_the_catalogue_text() -> None:
+    """An H&M catalogue replayed as uploads gets the same text vector input as offline rows."""
+    import csv
+
+    from streams.replay import read_hm_items
+    from streams.settings import REPO_ROOT
+
+    path = REPO_ROOT / "tests" / "fixtures" / "hm_sample" / "items.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    products = read_hm_items(path)
+    assert len(products) == len(rows) == 200
+    assert all(p.description for p in products)
+    for p, row in zip(products, rows):
+        assert upload_text(p.title, p.category, p.description) == item_text(row)
