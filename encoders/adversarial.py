@@ -445,6 +445,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=d.eps, help="L-inf radius in pixel levels")
     p.add_argument("--pgd-steps", type=int, default=d.pgd_steps)
     p.add_argument("--train-blocks", type=int, default=d.train_blocks)
+    p.add_argument("--w-clean", type=float, default=d.w_clean, help="clean-drift loss weight")
+    p.add_argument("--w-real", type=float, default=d.w_real, help="perturbation loss weight")
+    p.add_argument("--w-adv", type=float, default=d.w_adv, help="FGSM loss weight")
     p.add_argument("--eval-n", type=int, default=300, help="held-out images evaluated")
     p.add_argument("--attack-n", type=int, default=100, help="of those, attacked")
     p.add_argument("--eval-train", type=int, default=0, help="also evaluate N train images")
@@ -470,6 +473,9 @@ def run_cli(args: argparse.Namespace) -> int:
         train_blocks=args.train_blocks,
         eps=args.eps,
         pgd_steps=args.pgd_steps,
+        w_clean=args.w_clean,
+        w_real=args.w_real,
+        w_adv=args.w_adv,
         seed=args.seed,
     )
     m = run_adversarial(
