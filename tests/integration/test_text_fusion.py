@@ -53,7 +53,8 @@ def wait_web(port: int, timeout: float = 180.0) -> None:
 def test_text_vectors_are_stored_and_similar_items_are_fused(kafka_broker, tmp_path) -> None:
     products = read_hm_items(SAMPLE / "items.csv")[:N]
     products[0] = products[0].model_copy(update={"description": "Soft jersey with a round neck"})
-    products[1] = products[1].model_copy(update={"title": "", "category": None})  # no text
+    no_text = {"title": "", "category": None, "description": None}
+    products[1] = products[1].model_copy(update=no_text)
     settings = isolated_run(
         Settings(broker=kafka_broker.bootstrap, data_dir=tmp_path),
         "text",
