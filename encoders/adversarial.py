@@ -47,10 +47,9 @@ from .distill import (
     add_common_args,
     export_embedding_model,
     holdout_split,
-    load_subset,
     metrics_path,
     nn_same_label_rate,
-    teacher_embeddings,
+    prepare_run,
     write_json,
 )
 from .export import INPUT_SIZE
@@ -456,17 +455,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``vrec train adversarial``."""
-    import torch
-
-    from streams.settings import get_settings
-
-    torch.set_num_threads(max(1, args.threads))
-    out_dir = args.out if args.out is not None else get_settings().model_dir
-    paths, codes, labels = load_subset(args)
-    print(f"{len(paths)} images selected", file=sys.stderr)
-    reference, _, ref_id = teacher_embeddings(
-        paths, args.model_dir, args.cache, progress=not args.no_progress
-    )
+    run = prepare_run(args)
+    paths, codes, labels, out_dir = run.paths, run.codes, run.labels, run.out_dir
+    reference, ref_id = run.teacher, run.teacher_id
     cfg = AdvConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -605,8 +605,21 @@ def load_subset(args: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.nd
     return [all_paths[i] for i in rows.tolist()], items.product_code[rows], items.product_type[rows]
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """``vrec train distill``."""
+@dataclass
+class RunInputs:
+    """What every training command starts from: images, labels and teacher embeddings."""
+
+    out_dir: Path
+    paths: list[Path]
+    codes: np.ndarray
+    labels: np.ndarray
+    teacher: np.ndarray
+    teacher_path: Path
+    teacher_id: str
+
+
+def prepare_run(args: argparse.Namespace) -> RunInputs:
+    """Threads, output folder, the image subset and its (cached) teacher embeddings."""
     import torch
 
     from streams.settings import get_settings
@@ -618,6 +631,14 @@ def run_cli(args: argparse.Namespace) -> int:
     teacher, teacher_path, teacher_id = teacher_embeddings(
         paths, args.model_dir, args.cache, progress=not args.no_progress
     )
+    return RunInputs(out_dir, paths, codes, labels, teacher, teacher_path, teacher_id)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``vrec train distill``."""
+    run = prepare_run(args)
+    paths, codes, labels, out_dir = run.paths, run.codes, run.labels, run.out_dir
+    teacher, teacher_path, teacher_id = run.teacher, run.teacher_path, run.teacher_id
     cfg = DistillConfig(
         size=args.size,
         epochs=args.epochs,
