@@ -62,12 +62,13 @@ def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, take
     Diagnosed on a failed run: after the rebalance the survivor consumed and committed the dead
     worker's `views`/`purchases` partition 0 to its end, but one contiguous block per partition
     (views-0 192-211, purchases-0 364-384: the first records fetched after the takeover) never
-    reached `user-events`, and no dead letter was written. Faust resumes the new partitions,
-    then seeks them to the committed offsets and resumes flow control, which clears the stream
-    queues; records fetched in between are dropped while the fetcher's read offset moves past
-    them, so the re-fetched copies are skipped as already read and later offsets get committed
-    (faust/tables/recovery.py `on_recovery_completed`, transport/consumer.py `_drain_messages`).
-    The fix belongs upstream or in a Recovery subclass (seek, then resume partitions)."""
+    reached `user-events`, and no dead letter was written. The likely mechanism (not yet
+    proven): Faust resumes the new partitions, then seeks them to the committed offsets and
+    resumes flow control, which clears the stream queues; records fetched in between are dropped
+    while the fetcher's read offset moves past them, so the re-fetched copies are skipped as
+    already read and later offsets get committed (faust/tables/recovery.py
+    `on_recovery_completed`, transport/consumer.py `_drain_messages`). A fix to try: a Recovery
+    subclass that seeks and clears before it resumes the partitions."""
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
     settings = _settings(kafka_broker.bootstrap, tmp_path / "w1", "scale", partitions=2)
