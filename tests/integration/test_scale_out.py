@@ -54,17 +54,21 @@ def _settings(bootstrap: str, data_dir, kind: str, **overrides) -> Settings:
     ids=["two-workers", "kill-one"],
 )
 def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, takeover):
-    """With ``takeover``, one worker is SIGKILLed after half the events and the other must take
-    its partitions over with nothing lost.
+    """With ``takeover``, one worker is SIGKILLed after half the events. That variant is
+    deselected in CI (marker ``takeover``, see pyproject): with faust-streaming 0.15.3 the
+    surviving worker *loses* a few events of the partitions it takes over in about 1 run of 12
+    (2 of 24 runs here), and the test then waits for recommendations that never come.
 
-    With faust-streaming 0.15.3's own recovery this lost events in 2 of 24 runs: after the
-    rebalance the survivor committed the dead worker's `views`/`purchases` partition 0 to its
-    end, but one contiguous block per partition (views-0 192-211, purchases-0 364-384: the
-    first records fetched after the takeover) never reached `user-events`. Faust resumes the
-    new partitions before it seeks them to their committed offsets and clears the stream
-    queues, so records fetched in between are dropped while the read offset moves past them.
-    vrec's :class:`streams.recovery.SeekFirstRecovery` seeks and clears first: 40 of 40 runs
-    passed with it, many of them beside other test suites."""
+    Diagnosed on a failed run: after the rebalance the survivor consumed and committed the dead
+    worker's `views`/`purchases` partition 0 to its end, but one contiguous block per partition
+    (views-0 192-211, purchases-0 364-384: the first records fetched after the takeover) never
+    reached `user-events`, and no dead letter was written. The likely mechanism (not yet
+    proven): Faust resumes the new partitions, then seeks them to the committed offsets and
+    resumes flow control, which clears the stream queues; records fetched in between are dropped
+    while the fetcher's read offset moves past them, so the re-fetched copies are skipped as
+    already read and later offsets get committed (faust/tables/recovery.py
+    `on_recovery_completed`, transport/consumer.py `_drain_messages`). A fix to try: a Recovery
+    subclass that seeks and clears before it resumes the partitions."""
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
     settings = _settings(kafka_broker.bootstrap, tmp_path / "w1", "scale", partitions=2)
