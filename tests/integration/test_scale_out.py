@@ -71,7 +71,7 @@ def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, take
     subclass (via the TableManager setting) that seeks and clears before it resumes the
     partitions passed 40 of 40 takeover runs, but one full-suite run then stalled a freshly
     started worker after "Worker ready" (no record processed for 9 minutes), so it was
-    reverted (commit 0308340 has it) until that stall is understood."""
+    reverted (commit c7a01fb has it) until that stall is understood."""
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
     settings = _settings(kafka_broker.bootstrap, tmp_path / "w1", "scale", partitions=2)
