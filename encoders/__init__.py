@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .image import ImageEncoder, encoder_file
+from .image import ImageEncoder, model_file
 from .preprocess import ImageError, load_image, pad_to_square, preprocess
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ImageEncoder",
     "ImageError",
-    "encoder_file",
+    "model_file",
     "ensure_model",
     "export_onnx",
     "load_image",

@@ -416,10 +416,9 @@ class CategoryClassifier:
     def __init__(self, onnx_path: str | Path, providers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
 
-        path = Path(onnx_path)
-        if path.is_dir():
-            current = json.loads((path / "current.json").read_text())
-            path = path / current["onnx"]
+        from .image import model_file
+
+        path = model_file(onnx_path)
         self.path = path
         meta = json.loads(_labels_path(path).read_text())
         self.labels: list[str] = list(meta["labels"])

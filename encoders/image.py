@@ -15,7 +15,7 @@ from PIL import Image
 
 from .preprocess import preprocess
 
-__all__ = ["ImageEncoder", "encoder_file"]
+__all__ = ["ImageEncoder", "model_file"]
 
 MODEL_NAME = "efficientnet_lite0"  # model_id prefix; also the ONNX file stem
 CPU = "CPUExecutionProvider"
@@ -27,9 +27,9 @@ _probe_lock = threading.Lock()
 _cuda_works: bool | None = None  # None: not probed yet in this process
 
 
-def encoder_file(path: str | Path) -> Path:
-    """The ONNX file of an encoder: ``path`` itself, or for a training output folder (``vrec
-    train distill|adversarial``) the file its ``current.json`` names."""
+def model_file(path: str | Path) -> Path:
+    """An ONNX model file: ``path`` itself, or for a training output folder (``vrec train
+    classify|distill|adversarial``) the file its ``current.json`` names."""
     import json
 
     path = Path(path)
@@ -39,7 +39,7 @@ def encoder_file(path: str | Path) -> Path:
             raise FileNotFoundError(f"{path} is a folder without current.json")
         path = path / json.loads(current.read_text())["onnx"]
     if not path.is_file():
-        raise FileNotFoundError(f"no encoder model at {path}")
+        raise FileNotFoundError(f"no model file at {path}")
     return path
 
 

@@ -65,11 +65,11 @@ class Runtime:
 
     def open(self) -> None:
         """Load the encoder and open the vector store (blocking; call before the worker runs)."""
-        from encoders import ImageEncoder, encoder_file, ensure_model
+        from encoders import ImageEncoder, ensure_model, model_file
         from streams.store import open_store
 
         s = self.settings
-        onnx_path = encoder_file(s.encoder_model) if s.encoder_model else ensure_model(s.model_dir)
+        onnx_path = model_file(s.encoder_model) if s.encoder_model else ensure_model(s.model_dir)
         self.encoder = ImageEncoder(onnx_path, device=s.device, threads=s.encoder_threads)
         self.model_id = self.encoder.model_id
         if s.classifier:

@@ -125,13 +125,13 @@ def test_cli_distill_tiny_run(tmp_path: Path, capsys) -> None:
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
     # a worker runs the student with VREC_ENCODER_MODEL=<folder>: its model id is the student's
-    from encoders import encoder_file
+    from encoders import model_file
     from streams.runtime import Runtime
     from streams.settings import Settings
 
-    assert encoder_file(folder) == encoder_file(onnx_path) == onnx_path
+    assert model_file(folder) == model_file(onnx_path) == onnx_path
     with pytest.raises(FileNotFoundError, match="current.json"):
-        encoder_file(tmp_path)
+        model_file(tmp_path)
     rt = Runtime(Settings(encoder_model=str(folder), store="qdrant-memory", data_dir=tmp_path))
     rt.open()
     try:
