@@ -12,9 +12,13 @@ every row alike):
 - ``ORT fp32, no spin-wait`` / ``ORT int8 static QDQ, no spin-wait``: the same files with
   ``session.intra_op.allow_spinning=0``. With more runnable threads than cores (other jobs,
   the decode pool), spinning pool threads burn the time slices their peers need.
-- ``ORT fp32 CUDA iobinding`` / ``ORT fp16 CUDA iobinding`` (and ``torch eager fp32 CUDA``):
-  only where the CUDA provider really loads (onnxruntime-gpu + CUDA libraries); the input is
-  bound from host memory per batch and the output copied back, so transfers are included.
+- ``ORT fp32 CUDA iobinding`` / ``ORT fp16 CUDA iobinding`` (and ``torch eager fp32/fp16
+  CUDA``): only where the CUDA provider really loads (onnxruntime-gpu + CUDA libraries); the
+  input is bound from host memory per batch and the output copied back, so transfers are
+  included. ``ORT fp16 CUDA, input on GPU`` (and its NCHW twin, without ``prefer_nhwc``): the
+  batches are uploaded once before timing, so the row times the model alone (output still
+  copied back). CUDA rows also run at ``--gpu-batch`` (default 256), in an extra column; each
+  batch size has its own session (see :func:`_ort_cuda_row`).
   CPU-only runs print one line saying these rows were skipped.
 - ``end-to-end files->embedding (...)``: image files -> :func:`encoders.load_image` on a
   thread pool (``--threads`` workers, as the encode agent's decode pool) -> preprocess ->
@@ -26,7 +30,7 @@ the ORT fp32 top-10 cosine neighbours (self excluded) among ``--catalogue`` imag
 them used to calibrate int8 (:func:`encoders.variants.neighbour_agreement`).
 
 Usage: ``vrec bench encoder [--items CSV | --images DIR] [--n 256] [--catalogue 2000]
-[--threads T] [--device auto|cpu|cuda] [--json OUT]``.
+[--threads T] [--device auto|cpu|cuda] [--gpu-batch 256] [--json OUT]``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import numpy as np
 
 from . import variants as V
 from .export import INPUT_NAME, OUTPUT_NAME, sha256_file
-from .image import MODEL_NAME
+from .image import CUDA_OPTIONS, MODEL_NAME
 from .preprocess import load_image, preprocess
 
 __all__ = ["ROWS", "main", "run_bench"]
@@ -63,6 +67,9 @@ ROW_INT8_NOSPIN = "ORT int8 static QDQ, no spin-wait"
 ROW_TORCH_CUDA = "torch eager fp32 CUDA"
 ROW_CUDA_FP32 = "ORT fp32 CUDA iobinding"
 ROW_CUDA_FP16 = "ORT fp16 CUDA iobinding"
+ROW_TORCH_CUDA16 = "torch eager fp16 CUDA"
+ROW_CUDA_FP16_DEV = "ORT fp16 CUDA, input on GPU"
+ROW_CUDA_FP16_NCHW = "ORT fp16 CUDA NCHW, input on GPU"
 ROW_E2E = "end-to-end files->embedding ({})"
 #: Row names, in table order (the end-to-end rows are formatted with their model row).
 ROWS = (
@@ -74,8 +81,11 @@ ROWS = (
     ROW_FP32_NOSPIN,
     ROW_INT8_NOSPIN,
     ROW_TORCH_CUDA,
+    ROW_TORCH_CUDA16,
     ROW_CUDA_FP32,
     ROW_CUDA_FP16,
+    ROW_CUDA_FP16_DEV,
+    ROW_CUDA_FP16_NCHW,
     ROW_E2E,
 )
 _CPU_ROWS = {"fp32": ROW_FP32, "opt": ROW_OPT, "int8": ROW_INT8, "int8-dynamic": ROW_DYN}
@@ -84,6 +94,7 @@ BATCHES = (1, 32)
 E2E_BATCH = 32
 GOAL_SPEEDUP = 1.5
 GOAL_RECALL = 0.99
+GOAL_GPU_FP16 = 10_000  # images/s, EfficientNet-Lite0 fp16 on an H100-class GPU
 
 
 # ---------------------------------------------------------------- rows
@@ -106,6 +117,8 @@ class Row:
     images: dict[int, int] = field(default_factory=dict)
     recall: float | None = None
     same_model_as: str | None = None  # a row computing the same function: recall copied
+    prime: bool = False  # run once over all images before timing (uploads the inputs to the GPU)
+    release: Callable[[], None] | None = None  # frees what priming kept, after timing
 
     def rate(self, batch: int) -> float | None:
         if not self.seconds.get(batch):
@@ -142,45 +155,111 @@ def _ort_cpu_row(name: str, variant: str, path: Path, threads: int, spin: bool =
     return Row(name, variant, "cpu", infer=infer, model_id=_model_id(path), load_s=load_s)
 
 
-def _ort_cuda_row(name: str, variant: str, path: Path, threads: int) -> Row:
-    """CUDA session fed through IO binding: host input copied to the GPU per call, output
-    bound on the GPU and copied back; ``run_with_iobinding`` returns when the GPU is done."""
+def _ort_cuda_row(
+    name: str,
+    variant: str,
+    path: Path,
+    threads: int,
+    batches: tuple[int, ...],
+    *,
+    device_input: bool = False,
+    provider_options: dict[str, str] | None = None,
+) -> Row:
+    """CUDA session fed through IO binding, output bound on the GPU.
+
+    Host input (default): the batch is copied to the GPU per call and the output copied back,
+    so transfers are timed. ``device_input``: every batch is uploaded once (the excluded
+    priming pass) and bound as a CUDA OrtValue, and the output stays on the GPU: the model
+    alone. ``run_with_iobinding`` returns when the GPU is done."""
+    import onnxruntime as ort
+
     from .image import _try_cuda_session
 
+    def session() -> Any:
+        if provider_options is None:  # the encoder's own session (encoders.image.CUDA_OPTIONS)
+            sess = _try_cuda_session(path.read_bytes(), threads)
+            if sess is None:
+                raise RuntimeError(f"CUDA provider does not load for {path.name}")
+            return sess
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(
+            str(path),
+            sess_options=opts,
+            providers=[("CUDAExecutionProvider", provider_options), "CPUExecutionProvider"],
+        )
+        if "CUDAExecutionProvider" not in sess.get_providers():
+            raise RuntimeError(f"CUDA provider does not load with {provider_options}")
+        return sess
+
+    # One session per batch size, each only ever sees its own input shape (smaller batches are
+    # zero-padded): onnxruntime's CUDA convolutions re-plan on every change of input shape, which
+    # on an H200 cost 1-3 s a time, so sessions shared between batch sizes timed the re-planning.
     start = time.perf_counter()
-    sess = _try_cuda_session(path.read_bytes(), threads)
-    if sess is None:
-        raise RuntimeError(f"CUDA provider does not load for {path.name}")
-    load_s = time.perf_counter() - start
+    sessions = {b: session() for b in sorted(batches)}
+    load_s = (time.perf_counter() - start) / len(sessions)
+    # Uploaded batches, keyed by the host array's address and shape. The entry keeps the host
+    # view alive, so no other array can take that address while it is cached.
+    on_gpu: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, Any]] = {}
 
     def infer(x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        size = next((b for b in sorted(sessions) if b >= n), None)
+        if size is None:
+            raise ValueError(f"batch of {n} is larger than every session's ({batches})")
+        key = (x.__array_interface__["data"][0], x.shape)  # before padding: stable per view
+        if size > n:
+            x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), np.float32)])
+        sess = sessions[size]
         binding = sess.io_binding()
-        binding.bind_cpu_input(INPUT_NAME, np.ascontiguousarray(x, dtype=np.float32))
+        if device_input:
+            if key not in on_gpu:
+                value = ort.OrtValue.ortvalue_from_numpy(
+                    np.ascontiguousarray(x, dtype=np.float32), "cuda", 0
+                )
+                on_gpu[key] = (x, value)
+            binding.bind_ortvalue_input(INPUT_NAME, on_gpu[key][1])
+        else:
+            binding.bind_cpu_input(INPUT_NAME, np.ascontiguousarray(x, dtype=np.float32))
         binding.bind_output(OUTPUT_NAME, "cuda")
         sess.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return binding.copy_outputs_to_cpu()[0][:n]  # (n, 1280) fp32: 5 KB an image
 
-    return Row(name, variant, "cuda", infer=infer, model_id=_model_id(path), load_s=load_s)
+    return Row(
+        name,
+        variant,
+        "cuda",
+        infer=infer,
+        model_id=_model_id(path),
+        load_s=load_s,
+        batches=batches,
+        prime=device_input,
+        release=on_gpu.clear,
+    )
 
 
-def _torch_row(threads: int, device: str) -> Row:
+def _torch_row(
+    threads: int, device: str, half: bool = False, batches: tuple[int, ...] = BATCHES
+) -> Row:
     import torch
 
     from .export import build_torch_model
 
     start = time.perf_counter()
     model = build_torch_model()
+    dtype = torch.float16 if half else torch.float32
     if device == "cuda":
-        model = model.cuda()
+        model = model.to("cuda", dtype)
     load_s = time.perf_counter() - start
 
     def infer(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+            out = model(torch.from_numpy(np.ascontiguousarray(x)).to(device, dtype))
             return out.float().cpu().numpy()  # .cpu() synchronises with the GPU
 
-    name = ROW_TORCH_CUDA if device == "cuda" else ROW_TORCH
-    return Row(name, "torch", device, infer=infer, load_s=load_s)
+    name = ROW_TORCH if device != "cuda" else ROW_TORCH_CUDA16 if half else ROW_TORCH_CUDA
+    return Row(name, "torch", device, infer=infer, load_s=load_s, batches=batches)
 
 
 def _e2e_row(model_row: Row, path: Path, threads: int, pool: ThreadPoolExecutor) -> Row:
@@ -232,6 +311,9 @@ def _time_rows(
     for row in rows:  # warm-up, excluded: first call per row and batch size
         for b in row.batches:
             _pass(row, x, paths, 0, min(b, n), b)
+            if row.prime:  # every batch the timed passes will make, so each is cached
+                for r in range(rounds):
+                    _pass(row, x, paths, bounds[r], bounds[r + 1], b)
             row.seconds[b], row.images[b] = [], 0
     for r in range(rounds):
         for row in rows:
@@ -241,6 +323,9 @@ def _time_rows(
                 row.seconds[b].append(time.perf_counter() - start)
                 row.images[b] += per_round[r]
         log(f"  timing round {r + 1}/{rounds} done")
+    for row in rows:
+        if row.release is not None:
+            row.release()
     return per_round
 
 
@@ -265,9 +350,13 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_table(rows: list[Row], base: Row) -> str:
+    """One line a row: images/s at batch 1 and 32 with the ratio to ``base`` (ORT fp32, CPU),
+    plus a column for any larger batch that the GPU rows also ran."""
+    big = sorted({b for r in rows for b in r.batches if b not in BATCHES})
     head = (
         f"{'row':<52} {'b1 img/s':>9} {'x fp32':>7} {'b32 img/s':>10} {'x fp32':>7} "
-        f"{'recall@10':>9} {'load s':>7}  model_id"
+        + "".join(f"{f'b{b} img/s':>11} " for b in big)
+        + f"{'recall@10':>9} {'load s':>7}  model_id"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -277,11 +366,34 @@ def format_table(rows: list[Row], base: Row) -> str:
             ratio = rate / ref if rate is not None and ref else None
             cells.append(f"{_fmt(rate, '.1f'):>{width}}")
             cells.append(f"{_fmt(ratio, '.2f') + ('x' if ratio is not None else ''):>7}")
+        cells += [f"{_fmt(row.rate(b), '.1f'):>11}" for b in big]
         cells.append(f"{_fmt(row.recall, '.4f'):>9}")
         cells.append(f"{_fmt(row.load_s, '.2f'):>7}")
         cells.append(f" {row.model_id}")
         lines.append(" ".join(cells))
     return "\n".join(lines)
+
+
+def _gpu_goal_line(rows: list[Row]) -> str | None:
+    """The fastest fp16 CUDA (row, batch) against GOAL_GPU_FP16 images/s."""
+    best = max(
+        (
+            (rate, row.name, b)
+            for row in rows
+            if row.device == "cuda" and row.variant == "fp16" and row.files is None
+            for b in row.batches
+            if (rate := row.rate(b)) is not None
+        ),
+        default=None,
+    )
+    if best is None:
+        return None
+    rate, name, b = best
+    verdict = "MET" if rate >= GOAL_GPU_FP16 else "NOT met"
+    return (
+        f"GPU goal (>= {GOAL_GPU_FP16:,} img/s EfficientNet-Lite0 fp16): {verdict}, "
+        f"best {rate:,.0f} img/s by {name} at batch {b}"
+    )
 
 
 def _goal_line(rows: list[Row], base: Row) -> str:
@@ -320,6 +432,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _gpu_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return "CUDA device"
+
+
 def _cuda_rows_wanted(device: str, probe: Path, log: Callable) -> bool:
     """True if CUDA rows should run; for ``--device cuda`` raises if CUDA does not load."""
     import onnxruntime as ort
@@ -340,6 +463,46 @@ def _cuda_rows_wanted(device: str, probe: Path, log: Callable) -> bool:
         raise RuntimeError(msg.replace("CUDA rows skipped: ", "--device cuda: "))
     log(msg)
     return False
+
+
+def _cuda_rows(
+    args: argparse.Namespace, files: dict[str, Path], threads: int, log: Callable[[str], None]
+) -> list[Row]:
+    """The GPU rows: torch eager fp32/fp16, ORT fp32/fp16 with host input, ORT fp16 with the
+    input already on the GPU (the encoder's options, and without ``prefer_nhwc``); batches 1,
+    32 and ``--gpu-batch``."""
+    batches = tuple(sorted({*BATCHES, args.gpu_batch}))
+    rows: list[Row] = []
+    if not args.no_torch:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                rows.append(_torch_row(threads, "cuda", batches=batches))
+                rows.append(_torch_row(threads, "cuda", half=True, batches=batches))
+        except ImportError:
+            log("torch CUDA rows skipped: torch is not installed")
+    rows.append(_ort_cuda_row(ROW_CUDA_FP32, "fp32", files["fp32"], threads, batches))
+    rows.append(_ort_cuda_row(ROW_CUDA_FP16, "fp16", files["fp16"], threads, batches))
+    rows.append(
+        _ort_cuda_row(ROW_CUDA_FP16_DEV, "fp16", files["fp16"], threads, batches, device_input=True)
+    )
+    rows[-1].same_model_as = ROW_CUDA_FP16
+    try:
+        rows.append(
+            _ort_cuda_row(
+                ROW_CUDA_FP16_NCHW,
+                "fp16",
+                files["fp16"],
+                threads,
+                batches,
+                device_input=True,
+                provider_options={k: v for k, v in CUDA_OPTIONS.items() if k != "prefer_nhwc"},
+            )
+        )
+    except Exception as exc:
+        log(f"{ROW_CUDA_FP16_NCHW} skipped: {exc}")
+    return rows
 
 
 def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
@@ -400,16 +563,7 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
             rows.append(row)
     base = next(r for r in rows if r.name == ROW_FP32)
     if use_cuda:
-        if not args.no_torch:
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    rows.append(_torch_row(threads, "cuda"))
-            except ImportError:
-                pass
-        rows.append(_ort_cuda_row(ROW_CUDA_FP32, "fp32", files["fp32"], threads))
-        rows.append(_ort_cuda_row(ROW_CUDA_FP16, "fp16", files["fp16"], threads))
+        rows += _cuda_rows(args, files, threads, log)
     model_rows = list(rows)
 
     with ThreadPoolExecutor(threads, thread_name_prefix="bench-decode") as pool:
@@ -478,8 +632,10 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
         c32 = next(r for r in rows if r.name == ROW_CUDA_FP32)
         c16 = next(r for r in rows if r.name == ROW_CUDA_FP16)
         result["cuda_fp16_vs_fp32"] = {
-            f"b{b}": (c16.rate(b) or 0) / c32.rate(b) for b in BATCHES if c32.rate(b)
+            f"b{b}": (c16.rate(b) or 0) / c32.rate(b) for b in c32.batches if c32.rate(b)
         }
+        result["gpu_goal"] = _gpu_goal_line(rows)
+        result["gpu"] = _gpu_name()
     return result
 
 
@@ -510,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU variants to run (default fp32,opt,int8,int8-dynamic; fp32 always runs)",
     )
     ap.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds (default 8)")
+    ap.add_argument(
+        "--gpu-batch",
+        type=int,
+        default=256,
+        help="a third batch size for the CUDA rows (default 256)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="image sampling seed")
     ap.add_argument("--no-torch", action="store_true", help="leave out the torch eager rows")
     ap.add_argument(
@@ -547,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     print(result["table"])
     if "cuda_fp16_vs_fp32" in result:
         ratios = ", ".join(f"{k} {v:.2f}x" for k, v in result["cuda_fp16_vs_fp32"].items())
-        print(f"CUDA fp16 vs CUDA fp32: {ratios}")
+        print(f"CUDA fp16 vs CUDA fp32: {ratios} ({result['gpu']})")
+        print(result["gpu_goal"])
     print("x fp32: images/s relative to the ORT fp32 row (CPU provider) in this same run")
     print(result["goal"])
     if args.json:

@@ -23,6 +23,16 @@ CUDA = "CUDAExecutionProvider"
 _ORT_DEFAULT_SEVERITY = 2  # WARNING: onnxruntime's own default
 _QUIET_SEVERITY = 4  # FATAL only: hides the "failed to load CUDA provider" ERROR lines
 
+#: CUDA provider options. ``prefer_nhwc``: channels-last conv kernels, 1.2x the NCHW default on
+#: an H200 (fp16, batch 256: 17,247 vs 14,212 img/s), same neighbours. A build without them
+#: falls back to the plain provider.
+CUDA_OPTIONS = {"prefer_nhwc": "1"}
+#: On CUDA every batch is run at this one size (split, last chunk zero-padded). onnxruntime's
+#: CUDA convolutions re-plan whenever the input shape changes; on an H200 a pass that changed
+#: the batch size cost 1-3 s, 50x the run itself, and the encode agent's batch sizes follow the
+#: traffic. One shape is planned once, at start-up.
+CUDA_BATCH = 32
+
 _probe_lock = threading.Lock()
 _cuda_works: bool | None = None  # None: not probed yet in this process
 
@@ -52,6 +62,15 @@ def _options(threads: int, severity: int | None = None) -> ort.SessionOptions:
     return opts
 
 
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries of the nvidia-* wheels (``onnxruntime-gpu[cuda,cudnn]``)
+    so the CUDA provider finds them without LD_LIBRARY_PATH; onnxruntime >= 1.21 has this."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception):
+            preload()
+
+
 def _try_cuda_session(model: bytes, threads: int) -> ort.InferenceSession | None:
     """Create a CUDA session with all ORT output suppressed; ``None`` if CUDA does not load.
 
@@ -61,16 +80,21 @@ def _try_cuda_session(model: bytes, threads: int) -> ort.InferenceSession | None
     if CUDA not in ort.get_available_providers():
         return None
     ort.set_default_logger_severity(_QUIET_SEVERITY)
+    sess = None
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            sess = ort.InferenceSession(
-                model, sess_options=_options(threads, _QUIET_SEVERITY), providers=[CUDA, CPU]
-            )
-    except Exception:
-        return None
+            _preload_cuda_libraries()
+            for options in (CUDA_OPTIONS, {}):
+                with contextlib.suppress(Exception):
+                    sess = ort.InferenceSession(
+                        model,
+                        sess_options=_options(threads, _QUIET_SEVERITY),
+                        providers=[(CUDA, options), CPU],
+                    )
+                    break
     finally:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
-    return sess if CUDA in sess.get_providers() else None
+    return sess if sess is not None and CUDA in sess.get_providers() else None
 
 
 class ImageEncoder:
@@ -85,6 +109,8 @@ class ImageEncoder:
     ``device``: ``"cpu"``; ``"cuda"`` (raises ``RuntimeError`` if CUDA does not load); or
     ``"auto"``: CUDA if it truly loads (probed once per process, quietly), else CPU.
     ``threads`` > 0 sets onnxruntime's intra-op thread count (0: onnxruntime decides).
+    ``fixed_batch``: run every batch at this size (split, zero-padded); default
+    :data:`CUDA_BATCH` on CUDA, none on CPU. Rows are independent, so padding changes nothing.
 
     Outputs are float32 (N, dim) rows with unit L2 norm (the ONNX graph itself is not
     normalised). One instance may be used from any thread: ``InferenceSession.run`` is
@@ -96,7 +122,14 @@ class ImageEncoder:
     input_size: int
     providers: list[str]
 
-    def __init__(self, onnx_path: Path, *, device: str = "auto", threads: int = 0) -> None:
+    def __init__(
+        self,
+        onnx_path: Path,
+        *,
+        device: str = "auto",
+        threads: int = 0,
+        fixed_batch: int | None = None,
+    ) -> None:
         global _cuda_works
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
@@ -145,6 +178,10 @@ class ImageEncoder:
             )
         self.input_size = size
         self.dim = dim
+        # One input shape on CUDA (see CUDA_BATCH); ``fixed_batch`` sets it on any device.
+        self.fixed_batch = fixed_batch or (CUDA_BATCH if self.device == "cuda" else None)
+        if self.fixed_batch is not None and self.device == "cuda":
+            self._run(np.zeros((self.fixed_batch, 3, size, size), np.float32))  # plan it now
 
     def __repr__(self) -> str:
         return (
@@ -162,9 +199,29 @@ class ImageEncoder:
         if batch.shape[0] == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        out = self._session.run([self._output_name], {self._input_name: batch})[0]
+        if self.fixed_batch is None:
+            out = self._run(batch)
+        else:
+            out = np.concatenate(
+                [
+                    self._run_padded(batch[i : i + self.fixed_batch])
+                    for i in range(0, len(batch), self.fixed_batch)
+                ]
+            )
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def _run_padded(self, chunk: np.ndarray) -> np.ndarray:
+        """Run ``chunk`` (at most ``fixed_batch`` rows) zero-padded to ``fixed_batch`` rows."""
+        n = len(chunk)
+        assert self.fixed_batch is not None
+        if n < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)
+            chunk = np.concatenate([chunk, pad])
+        return self._run(chunk)[:n]
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess (pad to square, resize, normalise) and embed PIL images."""

@@ -146,6 +146,25 @@ def test_dynamic_batch_rows_match(encoder: ImageEncoder, images16: list[Image.Im
     assert encoder.embed(x[:0]).shape == (0, 1280)
 
 
+def test_fixed_batch_pads_and_splits_without_changing_rows(
+    model_path: Path, encoder: ImageEncoder, images16: list[Image.Image]
+) -> None:
+    """The fixed-shape mode used on CUDA (one input shape, see encoders.image.CUDA_BATCH):
+    batches of 5 (padded to 6), 6 and 16 (split 6+6+4, last padded) give the same rows."""
+    fixed = ImageEncoder(model_path, device="cpu", fixed_batch=6)
+    assert fixed.fixed_batch == 6 and encoder.fixed_batch is None  # CPU default: none
+    calls: list[int] = []
+    run = fixed._run
+    fixed._run = lambda batch: calls.append(len(batch)) or run(batch)  # type: ignore[method-assign]
+    for n in (5, 6, 16):
+        got = fixed.embed_images(images16[:n])
+        want = encoder.embed_images(images16[:n])
+        assert got.shape == (n, encoder.dim)
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    assert set(calls) == {6}  # the session never saw another batch size
+    assert len(calls) == 1 + 1 + 3
+
+
 def test_embed_rejects_wrong_shape(encoder: ImageEncoder) -> None:
     with pytest.raises(ValueError, match="shape"):
         encoder.embed(np.zeros((2, 3, 128, 128), np.float32))
