@@ -16,6 +16,7 @@ import faust
 from streams.agents import encode, ingest, replica, users
 from streams.deadletters import DeadLetterSink
 from streams.producer import App
+from streams.recovery import SeekFirstTableManager
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.tables import Tables
@@ -49,6 +50,8 @@ def build_app(settings: Settings) -> VrecApp:
         web_port=settings.web_port,
         web_host="127.0.0.1",
         table_cleanup_interval=3600.0,
+        # a running worker seeks taken-over partitions before they are fetched (streams/recovery.py)
+        TableManager=SeekFirstTableManager,
         autodiscover=False,
     )
     topics = Topics.declare(app, settings)

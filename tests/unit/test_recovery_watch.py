@@ -1,0 +1,29 @@
+"""streams.recovery.stalled_partitions: the recovery watchdog's stall rule."""
+
+from faust.types import TP
+
+from streams.recovery import stalled_partitions
+
+A, B = TP("trending-changelog", 0), TP("users-changelog", 0)
+
+
+def test_a_partition_that_stops_moving_is_reported_after_the_delay() -> None:
+    progress: dict = {}
+    remaining = {A: 926, B: 10}
+    assert stalled_partitions(remaining, {A: -1, B: 5}, progress, 0.0, 20.0) == []
+    # B moves on, A does not
+    assert stalled_partitions(remaining, {A: -1, B: 9}, progress, 15.0, 20.0) == []
+    assert stalled_partitions(remaining, {A: -1, B: 12}, progress, 25.0, 20.0) == [A]
+    # B's clock restarted when it moved at 25 s: not stalled 19 s later, stalled 20 s later
+    assert stalled_partitions(remaining, {A: -1, B: 12}, progress, 44.0, 20.0) == [A]
+    assert stalled_partitions(remaining, {A: -1, B: 12}, progress, 45.0, 20.0) == [A, B]
+
+
+def test_done_partitions_are_never_stalled_and_are_forgotten() -> None:
+    progress: dict = {}
+    assert stalled_partitions({A: 3}, {A: 7}, progress, 0.0, 1.0) == []
+    assert stalled_partitions({A: 0}, {A: 10}, progress, 50.0, 1.0) == []
+    assert progress == {}
+    # records arrive again later (a new recovery): the clock starts afresh
+    assert stalled_partitions({A: 5}, {A: 10}, progress, 60.0, 1.0) == []
+    assert stalled_partitions({A: 5}, {A: 10}, progress, 61.0, 1.0) == [A]
