@@ -54,24 +54,24 @@ def _settings(bootstrap: str, data_dir, kind: str, **overrides) -> Settings:
     ids=["two-workers", "kill-one"],
 )
 def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, takeover):
-    """With ``takeover``, one worker is SIGKILLed after half the events. That variant is
-    deselected in CI (marker ``takeover``, see pyproject): with faust-streaming 0.15.3 the
-    surviving worker *loses* a few events of the partitions it takes over in about 1 run of 12
-    (2 of 24 runs here), and the test then waits for recommendations that never come.
+    """With ``takeover``, one worker is SIGKILLed after half the events and the survivor must
+    take its partitions over with nothing lost (every event gets its reference recommendation).
 
-    Diagnosed on a failed run: after the rebalance the survivor consumed and committed the dead
-    worker's `views`/`purchases` partition 0 to its end, but one contiguous block per partition
-    (views-0 192-211, purchases-0 364-384: the first records fetched after the takeover) never
-    reached `user-events`, and no dead letter was written. The likely mechanism (not yet
-    proven): Faust resumes the new partitions, then seeks them to the committed offsets and
-    resumes flow control, which clears the stream queues; records fetched in between are dropped
-    while the fetcher's read offset moves past them, so the re-fetched copies are skipped as
-    already read and later offsets get committed (faust/tables/recovery.py
-    `on_recovery_completed`, transport/consumer.py `_drain_messages`). Tried: a Recovery
-    subclass (via the TableManager setting) that seeks and clears before it resumes the
-    partitions passed 40 of 40 takeover runs, but one full-suite run then stalled a freshly
-    started worker after "Worker ready" (no record processed for 9 minutes), so it was
-    reverted (commit c7a01fb has it) until that stall is understood."""
+    With stock faust-streaming 0.15.3 the survivor lost events in 2 of 24 runs: one contiguous
+    block per taken-over partition (views-0 192-211, purchases-0 364-384: the first records
+    fetched after the takeover) never reached `user-events`, no dead letter, offsets committed
+    past them. Faust's `Recovery.on_recovery_completed` resumes the new partitions before it
+    seeks them to the committed offsets and clears the stream queues; records fetched in
+    between are dropped while the read offset moves past them. `streams/recovery.py`
+    (`SeekFirstRecovery`) seeks and clears first and resumes last, for a running worker's
+    recoveries (the first one after start keeps Faust's order; using the new order there too
+    once preceded a stalled fresh worker in a full-suite run). Runs with it: 40 of 40 (new
+    order everywhere), then 34 of 35 with the first recovery left as Faust's. The one failure
+    was another fault: after the takeover the survivor's recovery of the `trending` changelog
+    never received a record ("have offset -1") while the records were on the broker. A
+    watchdog in `SeekFirstRecovery` now logs such a stall (Faust's and aiokafka's view of the
+    partition) after 20 s and re-resumes and re-seeks the partition; in the 30 runs since, no
+    stall happened, so the nudge has not been seen working."""
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
     settings = _settings(kafka_broker.bootstrap, tmp_path / "w1", "scale", partitions=2)
