@@ -11,6 +11,7 @@ Runs on CPU too (one option set), to check the script itself.
 import collections
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def session(path, po, profile=False):
     o.log_severity_level = 3
     if profile:
         o.enable_profiling = True
+        o.profile_file_prefix = str(Path(tempfile.gettempdir()) / "vrec_ort_profile")
     prov = [(EP, po), "CPUExecutionProvider"] if dev == "cuda" else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), sess_options=o, providers=prov)
 
