@@ -70,8 +70,8 @@ def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, take
     was another fault: after the takeover the survivor's recovery of the `trending` changelog
     never received a record ("have offset -1") while the records were on the broker. A
     watchdog in `SeekFirstRecovery` now logs such a stall (Faust's and aiokafka's view of the
-    partition) after 20 s and re-resumes and re-seeks the partition; in the 30 runs since, no
-    stall happened, so the nudge has not been seen working."""
+    partition) after 20 s and re-resumes and re-seeks the partition; in the 45 runs since (and
+    2 full suites), no stall happened, so the nudge has not been seen working."""
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
     settings = _settings(kafka_broker.bootstrap, tmp_path / "w1", "scale", partitions=2)
