@@ -61,6 +61,48 @@ class SeekFirstRecovery(Recovery):
                 await self._nudge(stuck)
                 nudged.update(stuck)
 
+    @Service.task
+    async def _watch_streams(self) -> None:
+        """Report, and nudge, a worker that reads nothing although its streams have records.
+
+        Seen about once in ten full test suites (tests/integration/test_pipeline.py, restart
+        after SIGKILL): the restarted worker logged "Worker ready" and then read no record of
+        its stream partitions for minutes, with records waiting. When no stream read offset
+        has moved for ``stall_after`` seconds outside recovery, this asks the broker for the
+        high-water marks; if some partition has records left, it logs Faust's and aiokafka's
+        view of it and resumes the partitions and the flow (no seek, so nothing is read
+        twice), once per stall."""
+        consumer = self.app.consumer
+        last: dict[TP, Any] = {}
+        since = monotonic()
+        nudged = False
+        while not self.should_stop:
+            await self.sleep(5.0)
+            if self.in_recovery or not self.completed.is_set():
+                last, since, nudged = {}, monotonic(), False
+                continue
+            tps = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
+            now_offsets = {tp: consumer._read_offset.get(tp) for tp in tps}
+            if now_offsets != last:
+                last, since, nudged = now_offsets, monotonic(), False
+                continue
+            if nudged or not tps or monotonic() - since < self.stall_after:
+                continue
+            highwaters = await consumer.highwaters(*tps)
+            stuck = streams_with_backlog(highwaters, now_offsets)
+            if stuck:
+                nudged = True
+                self.log.warning(
+                    "Streams read nothing for %.0f s with records waiting on %s; state: %s",
+                    monotonic() - since,
+                    stuck,
+                    {tp: _fetch_state(consumer, tp) for tp in stuck},
+                )
+                consumer.resume_partitions(tps)
+                consumer.resume_flow()
+                await self.app._fetcher.maybe_start()  # type: ignore[attr-defined]
+                self.log.warning("Re-resumed stream partitions %s and the flow", sorted(tps))
+
     async def _nudge(self, tps: list[TP]) -> None:
         consumer = self.app.consumer
         self.log.warning(
@@ -139,6 +181,21 @@ def stalled_partitions(
         if now - since >= stall_after:
             stuck.append(tp)
     return stuck
+
+
+def streams_with_backlog(
+    highwaters: Mapping[TP, int | None], read_offsets: Mapping[TP, int | None]
+) -> list[TP]:
+    """Stream partitions with at least two records left whatever Faust's read offset means
+    (the last record read, or after a seek the next one to read)."""
+    return sorted(
+        (
+            tp
+            for tp, high in highwaters.items()
+            if high is not None and high - (read_offsets.get(tp) or 0) > 2
+        ),
+        key=str,
+    )
 
 
 def _fetch_state(consumer: Any, tp: TP) -> dict[str, Any]:

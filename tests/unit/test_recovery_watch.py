@@ -27,3 +27,14 @@ def test_done_partitions_are_never_stalled_and_are_forgotten() -> None:
     # records arrive again later (a new recovery): the clock starts afresh
     assert stalled_partitions({A: 5}, {A: 10}, progress, 60.0, 1.0) == []
     assert stalled_partitions({A: 5}, {A: 10}, progress, 61.0, 1.0) == [A]
+
+
+def test_streams_with_backlog_needs_two_records_left() -> None:
+    from streams.recovery import streams_with_backlog
+
+    v0, v1, p0 = TP("views", 0), TP("views", 1), TP("purchases", 0)
+    highwaters = {v0: 600, v1: 11, p0: None}
+    # v0 never read (no committed offset): 600 waiting; v1 read up to 9 or 10
+    assert streams_with_backlog(highwaters, {v0: None, v1: 9}) == [v0]
+    assert streams_with_backlog(highwaters, {v0: 597, v1: 8}) == [v0, v1]
+    assert streams_with_backlog(highwaters, {v0: 598, v1: 10}) == []
