@@ -52,7 +52,7 @@ import numpy as np
 
 from . import variants as V
 from .export import INPUT_NAME, OUTPUT_NAME, sha256_file
-from .image import CUDA_OPTIONS, MODEL_NAME
+from .image import CUDA_OPTIONS, MODEL_NAME, pad_rows
 from .preprocess import load_image, preprocess
 
 __all__ = ["ROWS", "main", "run_bench"]
@@ -176,28 +176,18 @@ def _ort_cuda_row(
     from .image import _try_cuda_session
 
     def session() -> Any:
-        if provider_options is None:  # the encoder's own session (encoders.image.CUDA_OPTIONS)
-            sess = _try_cuda_session(path.read_bytes(), threads)
-            if sess is None:
-                raise RuntimeError(f"CUDA provider does not load for {path.name}")
-            return sess
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(
-            str(path),
-            sess_options=opts,
-            providers=[("CUDAExecutionProvider", provider_options), "CPUExecutionProvider"],
-        )
-        if "CUDAExecutionProvider" not in sess.get_providers():
-            raise RuntimeError(f"CUDA provider does not load with {provider_options}")
+        options = (CUDA_OPTIONS, {}) if provider_options is None else (provider_options,)
+        sess = _try_cuda_session(path.read_bytes(), threads, options)
+        if sess is None:
+            raise RuntimeError(f"CUDA provider does not load for {path.name} with {options}")
         return sess
 
     # One session per batch size, each only ever sees its own input shape (smaller batches are
     # zero-padded): onnxruntime's CUDA convolutions re-plan on every change of input shape, which
     # on an H200 cost 1-3 s a time, so sessions shared between batch sizes timed the re-planning.
     start = time.perf_counter()
-    sessions = {b: session() for b in sorted(batches)}
+    sizes = sorted(batches)
+    sessions = {b: session() for b in sizes}
     load_s = (time.perf_counter() - start) / len(sessions)
     # Uploaded batches, keyed by the host array's address and shape. The entry keeps the host
     # view alive, so no other array can take that address while it is cached.
@@ -205,12 +195,11 @@ def _ort_cuda_row(
 
     def infer(x: np.ndarray) -> np.ndarray:
         n = len(x)
-        size = next((b for b in sorted(sessions) if b >= n), None)
+        size = next((b for b in sizes if b >= n), None)
         if size is None:
             raise ValueError(f"batch of {n} is larger than every session's ({batches})")
         key = (x.__array_interface__["data"][0], x.shape)  # before padding: stable per view
-        if size > n:
-            x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), np.float32)])
+        x = pad_rows(x, size)
         sess = sessions[size]
         binding = sess.io_binding()
         if device_input:

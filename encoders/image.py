@@ -71,8 +71,18 @@ def _preload_cuda_libraries() -> None:
             preload()
 
 
-def _try_cuda_session(model: bytes, threads: int) -> ort.InferenceSession | None:
+def pad_rows(batch: np.ndarray, size: int) -> np.ndarray:
+    """``batch`` with zero rows appended up to ``size`` rows (unchanged if it has that many)."""
+    if len(batch) >= size:
+        return batch
+    return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+
+
+def _try_cuda_session(
+    model: bytes, threads: int, options: Sequence[dict[str, str]] = (CUDA_OPTIONS, {})
+) -> ort.InferenceSession | None:
     """Create a CUDA session with all ORT output suppressed; ``None`` if CUDA does not load.
+    ``options``: provider option sets tried in turn (default: ``CUDA_OPTIONS``, then none).
 
     onnxruntime-gpu lists CUDAExecutionProvider even without the CUDA/cuDNN libraries and, when
     asked for it, logs a loud error (or prints an "EP Error" banner) before falling back to CPU.
@@ -84,12 +94,12 @@ def _try_cuda_session(model: bytes, threads: int) -> ort.InferenceSession | None
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             _preload_cuda_libraries()
-            for options in (CUDA_OPTIONS, {}):
+            for option_set in options:
                 with contextlib.suppress(Exception):
                     sess = ort.InferenceSession(
                         model,
                         sess_options=_options(threads, _QUIET_SEVERITY),
-                        providers=[(CUDA, options), CPU],
+                        providers=[(CUDA, option_set), CPU],
                     )
                     break
     finally:
@@ -216,12 +226,8 @@ class ImageEncoder:
 
     def _run_padded(self, chunk: np.ndarray) -> np.ndarray:
         """Run ``chunk`` (at most ``fixed_batch`` rows) zero-padded to ``fixed_batch`` rows."""
-        n = len(chunk)
         assert self.fixed_batch is not None
-        if n < self.fixed_batch:
-            pad = np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)
-            chunk = np.concatenate([chunk, pad])
-        return self._run(chunk)[:n]
+        return self._run(pad_rows(chunk, self.fixed_batch))[: len(chunk)]
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess (pad to square, resize, normalise) and embed PIL images."""
