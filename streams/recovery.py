@@ -69,12 +69,12 @@ class SeekFirstRecovery(Recovery):
         after SIGKILL): the restarted worker logged "Worker ready" and then read no record of
         its stream partitions for minutes, with records waiting. When no stream read offset
         has moved for ``stall_after`` seconds outside recovery, this asks the broker for the
-        high-water marks; if some partition has records left, it logs Faust's and aiokafka's
-        view of it and resumes the partitions and the flow (no seek, so nothing is read
-        twice), once per stall."""
+        high-water marks (at most once per ``stall_after`` while the worker is idle); if some
+        partition has records left, it logs Faust's and aiokafka's view of it and resumes the
+        partitions and the flow (no seek, so nothing is read twice), once per stall."""
         consumer = self.app.consumer
         last: dict[TP, Any] = {}
-        since = monotonic()
+        since = checked = monotonic()  # last read-offset move; last broker check
         nudged = False
         while not self.should_stop:
             await self.sleep(5.0)
@@ -86,10 +86,11 @@ class SeekFirstRecovery(Recovery):
             if now_offsets != last:
                 last, since, nudged = now_offsets, monotonic(), False
                 continue
-            if nudged or not tps or monotonic() - since < self.stall_after:
+            if nudged or not tps or monotonic() - max(since, checked) < self.stall_after:
                 continue
             highwaters = await consumer.highwaters(*tps)
             stuck = streams_with_backlog(highwaters, now_offsets)
+            checked = monotonic()  # an idle, caught-up worker asks once per stall_after
             if stuck:
                 nudged = True
                 self.log.warning(
