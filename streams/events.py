@@ -3,7 +3,8 @@
 ``products``         ProductUpload     (key: item_id)
 ``views``            Interaction       (key: user_id; kind "view")
 ``purchases``        Interaction       (key: user_id; kind "purchase")
-``user-events``      Interaction       (internal, validated, keyed by user_id)
+``user-events``      Interaction       (internal, validated, keyed by user_id) or Tick
+``views``/``purchases`` may also carry a Tick (``{"kind": "tick", "ts": ...}``): a clock
 ``recommendations``  Recommendation    (key: user_id)
 ``item-embeddings``  ItemEmbedding     (compacted, key: item_id)
 ``dead-letters``     DeadLetter        (original record + reason)
@@ -108,6 +109,25 @@ class Interaction(_Model):
     _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
 
 
+class Tick(_Model):
+    """An event-time clock mark: the days (trending buckets) before ``ts`` are over.
+
+    Sent to ``views`` or ``purchases`` by a scheduler at the end of a day (or by a replay once
+    its last event is processed); the worker then re-ranks every user active in the closed days
+    with the days' final popularity (recommendations with ``trigger="day_close"``).
+    """
+
+    kind: Literal["tick"] = "tick"
+    ts: float
+
+    _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
+
+
+def is_tick(doc: object) -> bool:
+    """True for a decoded JSON record that is a clock mark rather than an interaction."""
+    return isinstance(doc, dict) and doc.get("kind") == "tick"
+
+
 class RecItem(_Model):
     item_id: str
     score: float
@@ -122,6 +142,9 @@ class Recommendation(_Model):
     event_ts: float | None = None
     produced_ts: float = Field(default_factory=time.time)
     strategy: str = "visual"
+    # "event": computed right after the user's event (event_id); "day_close": re-ranked when
+    # a clock mark closed the day the user was active in (event_id None)
+    trigger: Literal["event", "day_close"] = "event"
 
 
 def encode_vector(vec: np.ndarray) -> str:

@@ -124,6 +124,7 @@ class Pipeline:
         self.worker = WorkerProcess(settings, log_path or settings.data_dir / "worker.log")
         self.replayer: Replayer | None = None
         self._counter = None  # a KafkaConsumer used for end offsets
+        self._admin = None  # a KafkaAdminClient used for the worker's committed offsets
         self.sent_at: dict[str, float] = {}  # event_id -> wall time it was sent (latency)
 
     def __enter__(self) -> Pipeline:
@@ -141,9 +142,10 @@ class Pipeline:
         if self.replayer is not None:
             self.replayer.close()
             self.replayer = None
-        if self._counter is not None:
-            self._counter.close()
-            self._counter = None
+        for client in (self._counter, self._admin):
+            if client is not None:
+                client.close()
+        self._counter = self._admin = None
         self.worker.stop()
 
     def restart(self, sig: int = signal.SIGTERM) -> None:
@@ -233,6 +235,43 @@ class Pipeline:
             ) >= n
 
         self._wait(f"{n} events to be processed", done, timeout)
+
+    def close_days(self, ts: float, timeout: float = 600.0) -> None:
+        """Send a clock mark at ``ts`` and wait until the worker has re-ranked the users of the
+        days it closes (everything it read is processed and committed)."""
+        assert self.replayer is not None
+        self.replayer.send_tick(ts)
+        self.wait_drained(timeout)
+
+    def wait_drained(self, timeout: float = 600.0) -> None:
+        """Wait until the worker's consumer group has committed every record of views,
+        purchases and user-events (Faust flushes what it produced before it commits)."""
+        names = [self.settings.topics.full(t) for t in ("views", "purchases", "user_events")]
+        self._wait("the worker to drain its inputs", lambda: self._lag(names) == 0, timeout)
+
+    def _lag(self, names: Sequence[str]) -> int:
+        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+        if self._admin is None:
+            self._admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap)
+        admin, group = self._admin, self.settings.app_id  # Faust's consumer group
+        # committed offsets first: what they cover was produced before the end offsets
+        if hasattr(admin, "list_group_offsets"):  # kafka-python >= 3
+            committed = admin.list_group_offsets({group: None}).get(group, {})
+        else:
+            committed = admin.list_consumer_group_offsets(group)
+        if self._counter is None:
+            self._counter = KafkaConsumer(bootstrap_servers=self.settings.bootstrap)
+        tps = [
+            TopicPartition(name, p)
+            for name in names
+            for p in sorted(self._counter.partitions_for_topic(name) or ())
+        ]
+        ends = self._counter.end_offsets(tps) if tps else {}
+        return sum(
+            max(0, end - (committed[tp].offset if tp in committed else 0))
+            for tp, end in ends.items()
+        )
 
     def count(self, topic: str) -> int:
         """Number of records in a topic (sum of end offsets; topics are not compacted)."""

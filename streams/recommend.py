@@ -58,8 +58,10 @@ def to_record(
     model_id: str,
     event_id: str | None,
     event_ts: float | None,
+    trigger: str = "event",
 ) -> Recommendation:
     return Recommendation(
+        trigger=trigger,
         user_id=user_id,
         items=[RecItem(item_id=s.item_id, score=s.score, reason=s.reason) for s in ranked],
         model_id=model_id,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from streams.events import Interaction, ProductUpload
+from streams.events import Interaction, ProductUpload, Tick
 from streams.settings import Settings
 
 
@@ -170,6 +170,11 @@ class Replayer:
                 on_sent(e)
         self.producer.flush()
         return n
+
+    def send_tick(self, ts: float) -> None:
+        """A clock mark: the days before ``ts`` are over (see streams.events.Tick)."""
+        self.send_raw("purchases", Tick(ts=ts).to_bytes())
+        self.producer.flush()
 
     def close(self) -> None:
         self.producer.flush()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from streams.dayclose import ActiveDays, parse_active_key
 from streams.ranking import Trending
 from streams.ranking.copurchase import CoPurchase
 from streams.settings import Settings
@@ -48,6 +49,7 @@ class Runtime:
     trending_loaded: bool = False
     trending_dirty: set[int] = field(default_factory=set)  # partitions changed since published
     copurchase: dict[int, CoPurchase] = field(default_factory=dict)
+    active: ActiveDays = field(default_factory=ActiveDays)  # users per open day, to re-rank
     # catalogue mirror (filled from the store at start, then by the encode agent)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # item -> image vector
     code_of: dict[str, str] = field(default_factory=dict)  # item -> product code
@@ -157,8 +159,14 @@ class Runtime:
             co = self.copurchase[partition] = CoPurchase()
         return co
 
-    def load_mirrors(self, trending_table: Any, copurchase_table: Any) -> None:
-        """Rebuild the in-memory trending and co-purchase state from their tables."""
+    def load_mirrors(
+        self, trending_table: Any, copurchase_table: Any, active_table: Any = None
+    ) -> None:
+        """Rebuild the in-memory trending, co-purchase and active-user state from their tables."""
+        self.active = ActiveDays()
+        for key, value in active_table.items() if active_table is not None else ():
+            if value is not None:
+                self.active.add(*parse_active_key(key))
         self.copurchase = {}
         for key, value in copurchase_table.items():
             if value is not None:

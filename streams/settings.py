@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     # integer weight of a purchase per sales channel in popularity (H&M store purchases: {1: 2})
     trending_channel_weights: dict[int, int] = Field(default_factory=lambda: {1: 2})
     trending_publish_s: float = Field(2.0, gt=0, description="publish the list for cold users")
+    # a clock mark (events.Tick) re-ranks the users active in the days it closes
+    day_close_refresh: bool = True
 
     # ranker: "visual" (similarity to the user vector) or "hybrid" (see streams/ranking/hybrid.py)
     ranker: Literal["visual", "hybrid"] = "hybrid"

@@ -22,6 +22,7 @@ class Tables:
     users: faust.TableT  # user_id -> UserState bytes
     trending: faust.TableT  # b"<partition>|<bucket>|<item_id>" -> JSON counts per kind
     copurchase: faust.TableT  # b"<partition>|<item_id>" -> JSON {item: count}
+    active: faust.TableT  # b"<partition>|<bucket>|<user_id>" -> b"1" (streams.dayclose)
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings) -> Tables:
@@ -30,6 +31,7 @@ class Tables:
             users=_raw_table(app, "users", p),
             trending=_raw_table(app, "trending", p),
             copurchase=_raw_table(app, "copurchase", p),
+            active=_raw_table(app, "active", p),
         )
 
 

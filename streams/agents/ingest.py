@@ -1,5 +1,8 @@
 """Ingest agent: views + purchases -> validate -> user-events keyed by user_id.
 
+A clock mark (:class:`~streams.events.Tick`) on either input goes to every user-events
+partition, behind the events already forwarded there.
+
 It fixes the order in which a user's events are folded (the user-events partition order), so a
 replay can be checked against an independent computation over the same order.
 """
@@ -12,16 +15,26 @@ import faust
 from pydantic import ValidationError
 
 from streams.deadletters import DeadLetterSink, describe
-from streams.events import Interaction
+from streams.events import Interaction, Tick, is_tick
 from streams.runtime import Runtime
 from streams.topics import Topics
 
 
 def parse_interaction(raw: bytes, kind: str) -> Interaction:
     """Parse a view/purchase; the topic gives the kind unless the record names one."""
+    event = parse_input(raw, kind)
+    if isinstance(event, Tick):
+        raise ValueError("a clock mark, not an interaction")
+    return event
+
+
+def parse_input(raw: bytes, kind: str) -> Interaction | Tick:
+    """Parse a record of views/purchases: an interaction, or a clock mark (kind "tick")."""
     doc = json.loads(raw)
     if not isinstance(doc, dict):
         raise ValueError("event must be a JSON object")
+    if is_tick(doc):
+        return Tick.model_validate(doc)
     doc.setdefault("kind", kind)
     return Interaction.model_validate(doc)
 
@@ -35,9 +48,13 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
             msg = ev.message
             kind = "purchase" if msg.topic == purchases_topic else "view"
             try:
-                event = parse_interaction(ev.value, kind)
+                event = parse_input(ev.value, kind)
             except (ValidationError, ValueError, UnicodeDecodeError) as exc:
                 await dead.send(describe(exc), ev.value, message=msg, stage="ingest")
+                continue
+            if isinstance(event, Tick):
+                for partition in range(rt.settings.partitions):
+                    await topics.user_events.send(value=event.to_bytes(), partition=partition)
                 continue
             if not await rt.in_store(rt.store.contains, event.item_id):
                 await dead.send(

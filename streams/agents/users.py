@@ -2,6 +2,10 @@
 
 State is exactly-once under at-least-once delivery: the user state keeps the last user-events
 offset it folded per partition (and the recent event ids), so a redelivered event is skipped.
+
+A clock mark (events.Tick) on user-events closes the days before it: every user active in
+those days is re-ranked with the days' final popularity and co-purchase counts (a list computed
+right after a user's event only saw the day so far) and published with trigger "day_close".
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import logging
 
 import faust
 
+from streams.dayclose import active_key
 from streams.deadletters import DeadLetterSink
-from streams.events import Interaction
+from streams.events import Interaction, Tick, is_tick
 from streams.ranking import top_trending
 from streams.recommend import TRENDING_KEY, rank_user, to_record
 from streams.runtime import Runtime
@@ -66,14 +71,52 @@ def register(
             )
             await topics.trending.send(key=str(partition).encode(), value=rec.to_bytes())
 
+    async def close_days(partition: int, tick: Tick) -> int:
+        """Re-rank and publish the users active in the partition's days before the tick's."""
+        trending = rt.trending_for(partition)
+        before = trending.bucket_of(tick.ts)
+        closing = rt.active.closing(partition, before)
+        for user_id in sorted(closing):
+            raw = tables.users.get(user_id.encode())
+            if raw:
+                state = UserState.from_bytes(raw)
+                ranked, strategy = await rank_user(
+                    state,
+                    rt=rt,
+                    trending=trending,
+                    copurchase=rt.copurchase_for(partition),
+                    search=search,
+                )
+                rec = to_record(
+                    user_id,
+                    ranked,
+                    strategy,
+                    model_id=rt.model_id,
+                    event_id=None,
+                    event_ts=tick.ts,
+                    trigger="day_close",
+                )
+                await topics.recommendations.send(key=user_id.encode(), value=rec.to_bytes())
+            for bucket in closing[user_id]:  # after publishing: a crash re-ranks again
+                rt.active.discard(partition, bucket, user_id)
+                tables.active.pop(active_key(partition, bucket, user_id), None)
+        if closing:
+            log.info("day close on partition %d: %d users re-ranked", partition, len(closing))
+        return len(closing)
+
     @app.agent(topics.user_events, name="users")
     async def users(stream: faust.StreamT) -> None:
         async for ev in stream.events():
             if not rt.trending_loaded:
-                rt.load_mirrors(tables.trending, tables.copurchase)
+                rt.load_mirrors(tables.trending, tables.copurchase, tables.active)
             msg = ev.message
             try:
-                event = Interaction.from_bytes(ev.value)
+                doc = json.loads(ev.value)
+                if is_tick(doc):
+                    if s.day_close_refresh:
+                        await close_days(msg.partition, Tick.model_validate(doc))
+                    continue
+                event = Interaction.model_validate(doc)
             except ValueError as exc:  # user-events is internal; still never crash
                 await dead.send(f"invalid user event: {exc}", ev.value, message=msg, stage="users")
                 continue
@@ -138,6 +181,14 @@ def register(
                 ).encode()
             for old_bucket, item_id in expired:
                 tables.trending.pop(trending_key(msg.partition, old_bucket, item_id), None)
+            if s.day_close_refresh:
+                day = trending.bucket_of(event.ts)
+                if trending.in_window(day) and rt.active.add(msg.partition, day, event.user_id):
+                    tables.active[active_key(msg.partition, day, event.user_id)] = b"1"
+                if trending.now_bucket is not None:  # forget days no mark closed in time
+                    oldest = trending.now_bucket - trending.n_buckets + 1
+                    for old_day, user_id in rt.active.expire(msg.partition, oldest):
+                        tables.active.pop(active_key(msg.partition, old_day, user_id), None)
             for item_id in changed_rows:
                 tables.copurchase[copurchase_key(msg.partition, item_id)] = json.dumps(
                     dict(co.row(item_id))

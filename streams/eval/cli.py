@@ -6,9 +6,11 @@
 
 1. indexes the catalogue through the encoder path (embedding cache keyed by model id + image
    hash, so a rerun does not re-embed), 2. replays the history through a running worker (real
-   broker), 3. takes, for every truth customer, the last recommendation vrec published for them
-   (customers with no history: the last trending list vrec published), 4. scores them against
-   the articles each customer bought in the truth period. Ranking settings come from VREC_*
+   broker) and closes its last day with a clock mark (the worker re-ranks that day's users
+   with the day's final popularity), 3. takes, for every truth customer, the last
+   recommendation vrec published for them (customers with no history: the last trending
+   list vrec published), 4. scores them against the articles each customer bought in the
+   truth period. Ranking settings come from VREC_*
    variables or ``--set name=value``.
 """
 
@@ -114,6 +116,11 @@ def live_predictions(settings: Settings, products, history, progress: bool = Tru
         pipe.replay(history, timeout=7200, progress=progress)
         timings["replay_s"] = time.monotonic() - t0
         t0 = time.monotonic()
+        if history and settings.day_close_refresh:  # the last day is over: final lists
+            day = settings.trending_bucket_s
+            pipe.close_days((max(e.ts for e in history) // day + 1) * day, timeout=3600)
+            timings["day_close_s"] = time.monotonic() - t0
+            t0 = time.monotonic()
         last: dict[str, Recommendation] = {}
         latencies = []
         for r in pipe.recommendation_records(idle=3.0):
@@ -247,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in settings.model_dump(mode="json").items()
                 if k.startswith(
                     ("w_", "ranker", "exclude", "half_life", "trending", "weight_")
-                    + ("rep_price", "sibling_", "cf_", "pop_candidates")
+                    + ("rep_price", "sibling_", "cf_", "pop_candidates", "day_close")
                 )
             },
             timings_s={k: round(v, 1) for k, v in timings.items()},

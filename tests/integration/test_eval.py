@@ -89,10 +89,16 @@ def test_eval_report_matches_published_lists(kafka_broker, tmp_path, monkeypatch
     settings = Settings(
         broker=kafka_broker.bootstrap, topics=TopicNames(prefix=report["topic_prefix"])
     )
-    last = {}
+    last, trigger = {}, {}
     for r in read_topic(settings, "recommendations", idle=2.0, timeout=60):
         rec = Recommendation.from_bytes(r.value)
         last[rec.user_id] = [i.item_id for i in rec.items]
+        trigger[rec.user_id] = rec.trigger
+    # The history's last day was closed: its users' final lists were re-ranked after it.
+    last_day = max(e.ts for e in history) // 86_400
+    last_day_users = {e.user_id for e in history if e.ts // 86_400 == last_day}
+    assert last_day_users and all(trigger[u] == "day_close" for u in last_day_users)
+    assert report["timings_s"]["day_close_s"] >= 0
     trending = Recommendation.from_bytes(read_topic(settings, "trending", idle=2.0)[-1].value)
     assert set(predictions) == set(truth)
     for user, items in predictions.items():

@@ -13,13 +13,15 @@ import pytest
 from pydantic import ValidationError
 
 from streams.agents.encode import resolve_image
-from streams.agents.ingest import parse_interaction
+from streams.agents.ingest import parse_input, parse_interaction
 from streams.deadletters import describe
 from streams.events import (
     DeadLetter,
     Interaction,
     ItemEmbedding,
     ProductUpload,
+    Recommendation,
+    Tick,
     decode_vector,
     encode_vector,
     to_epoch,
@@ -152,6 +154,28 @@ def test_parse_interaction_kind_from_topic_unless_given():
     assert parse_interaction(_raw({**GOOD, "kind": "purchase"}), "view").kind == "purchase"
     ev = parse_interaction(_raw({**GOOD, "extra": "ignored"}), "view")
     assert (ev.event_id, ev.user_id, ev.item_id, ev.ts) == ("e1", "u1", "i1", 1_700_000_000.0)
+
+
+def test_parse_input_reads_clock_marks_apart_from_interactions():
+    tick = parse_input(_raw({"kind": "tick", "ts": "2020-09-17"}), "purchase")
+    assert isinstance(tick, Tick) and tick.ts == 1_600_300_800.0
+    assert Tick.model_validate_json(tick.to_bytes()) == tick
+    assert isinstance(parse_input(_raw(GOOD), "purchase"), Interaction)
+    with pytest.raises(ValidationError):
+        parse_input(_raw({"kind": "tick"}), "view")  # a mark needs its time
+    with pytest.raises(ValidationError):
+        parse_input(_raw({"kind": "tick", "ts": "never"}), "view")
+    with pytest.raises(ValueError, match="clock mark"):
+        parse_interaction(_raw({"kind": "tick", "ts": 5}), "view")
+
+
+def test_recommendation_trigger_defaults_to_event_and_round_trips():
+    rec = Recommendation(user_id="u", items=[], model_id="m")
+    assert rec.trigger == "event"
+    closed = rec.model_copy(update={"trigger": "day_close"})
+    assert Recommendation.from_bytes(closed.to_bytes()).trigger == "day_close"
+    with pytest.raises(ValidationError):
+        Recommendation(user_id="u", items=[], model_id="m", trigger="cron")
 
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"42", b"null"])
