@@ -55,6 +55,24 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tick(args: argparse.Namespace) -> int:
+    """Close the days before a time: the worker re-ranks the users active in them."""
+    import time
+
+    from streams.events import to_epoch
+    from streams.replay import Replayer
+
+    settings = get_settings()
+    ts = to_epoch(args.ts) if args.ts else time.time()
+    replayer = Replayer(settings)
+    try:
+        replayer.send_tick(ts)
+    finally:
+        replayer.close()
+    print(f"clock mark at {ts:.0f} sent to {settings.topics.full('purchases')}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -109,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-items", type=int)
     p.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = as fast as possible")
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("tick", help="clock mark: close the days before TS (default: now)")
+    p.add_argument("ts", nargs="?", help="epoch seconds or ISO date, e.g. 2020-09-17")
+    p.set_defaults(func=_cmd_tick)
 
     p = sub.add_parser("bench", help="benchmarks: encoder | pipeline", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import pytest
 
-from streams.harness import Pipeline
+from streams import cli
+from streams.harness import Pipeline, settings_env
 from streams.replay import read_hm_items, read_log
-from streams.settings import REPO_ROOT, Settings, isolated_run
+from streams.settings import REPO_ROOT, Settings, get_settings, isolated_run
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_clock_mark_reranks_the_users_of_the_closed_days(kafka_broker, tmp_path):
+def test_clock_mark_reranks_the_users_of_the_closed_days(kafka_broker, tmp_path, monkeypatch):
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
     settings = isolated_run(
@@ -63,7 +64,15 @@ def test_clock_mark_reranks_the_users_of_the_closed_days(kafka_broker, tmp_path)
         ]
         assert changed, "popularity moved during the day; some lists must change"
 
-        # The mark is consumed: the same mark again re-ranks nobody.
-        pipe.close_days(tick_ts)
+        # The mark is consumed: the same mark again (from `vrec tick`) re-ranks nobody.
+        for name, value in settings_env(settings).items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        try:
+            assert cli.main(["tick", str(int(tick_ts))]) == 0
+        finally:
+            get_settings.cache_clear()
+        pipe.wait_drained()
+        assert pipe.count("user_events") == len(events) + 2  # both marks reached the worker
         assert len(pipe.recommendations()) == len(after)
         assert pipe.dead_letters() == []
