@@ -66,43 +66,55 @@ class SeekFirstRecovery(Recovery):
         """Report, and nudge, a worker that reads nothing although its streams have records.
 
         Seen about once in ten full test suites (tests/integration/test_pipeline.py, restart
-        after SIGKILL): the restarted worker logged "Worker ready" and then read no record of
-        its stream partitions for minutes, with records waiting. When no stream read offset
-        has moved for ``stall_after`` seconds outside recovery, this asks the broker for the
-        high-water marks (at most once per ``stall_after`` while the worker is idle); if some
-        partition has records left, it logs Faust's and aiokafka's view of it and resumes the
-        partitions and the flow (no seek, so nothing is read twice), once per stall."""
+        after SIGKILL before the first commit): the restarted worker logged "Worker ready" and
+        then read nothing for minutes. Its report (2026-12-01) showed aiokafka's position at
+        the end of every stream partition while Faust's read offset was still unset: the
+        records had been fetched during the start-up recovery and dropped by Faust (flow
+        stopped or partition not yet active), and with no committed offset the seek to the
+        committed offsets did not move the position back.
+
+        When no stream read offset has moved for ``stall_after`` seconds outside recovery, this
+        asks the broker for the high-water marks (at most once per ``stall_after`` while the
+        worker is idle); if some partition has records left, it logs Faust's and aiokafka's
+        view, seeks those partitions back to what Faust has read (:func:`reseek_offsets`:
+        its read offset, else the committed offset, else the beginning) and resumes the
+        partitions and the flow. A record may be delivered twice; the agents are idempotent
+        (user folds skip seen offsets and event ids, embeddings are upserts)."""
         consumer = self.app.consumer
         last: dict[TP, Any] = {}
         since = checked = monotonic()  # last read-offset move; last broker check
-        nudged = False
         while not self.should_stop:
             await self.sleep(5.0)
             if self.in_recovery or not self.completed.is_set():
-                last, since, nudged = {}, monotonic(), False
+                last, since = {}, monotonic()
                 continue
             tps = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
             now_offsets = {tp: consumer._read_offset.get(tp) for tp in tps}
             if now_offsets != last:
-                last, since, nudged = now_offsets, monotonic(), False
+                last, since = now_offsets, monotonic()
                 continue
-            if nudged or not tps or monotonic() - max(since, checked) < self.stall_after:
+            if not tps or monotonic() - max(since, checked) < self.stall_after:
                 continue
             highwaters = await consumer.highwaters(*tps)
             stuck = streams_with_backlog(highwaters, now_offsets)
             checked = monotonic()  # an idle, caught-up worker asks once per stall_after
             if stuck:
-                nudged = True
                 self.log.warning(
                     "Streams read nothing for %.0f s with records waiting on %s; state: %s",
                     monotonic() - since,
                     stuck,
                     {tp: _fetch_state(consumer, tp) for tp in stuck},
                 )
+                earliest = await consumer.earliest_offsets(*stuck)
+                offsets = reseek_offsets(
+                    stuck, now_offsets, dict(consumer._committed_offset), earliest
+                )
+                await consumer.seek_wait(offsets)  # type: ignore[attr-defined]
                 consumer.resume_partitions(tps)
                 consumer.resume_flow()
                 await self.app._fetcher.maybe_start()  # type: ignore[attr-defined]
-                self.log.warning("Re-resumed stream partitions %s and the flow", sorted(tps))
+                self.log.warning("Re-sought %s and resumed the stream partitions", offsets)
+                last, since = {}, monotonic()  # still stuck after stall_after: again
 
     async def _nudge(self, tps: list[TP]) -> None:
         consumer = self.app.consumer
@@ -197,6 +209,27 @@ def streams_with_backlog(
         ),
         key=str,
     )
+
+
+def reseek_offsets(
+    tps: list[TP],
+    read_offsets: Mapping[TP, int | None],
+    committed: Mapping[TP, int | None],
+    earliest: Mapping[TP, int],
+) -> dict[TP, int]:
+    """Where to fetch a stalled stream partition from: Faust's read offset (the last record
+    it delivered, delivered again, or the next one after a seek), else the group's committed
+    offset, else the partition's first offset."""
+    out = {}
+    for tp in tps:
+        read = read_offsets.get(tp)
+        if read is not None:
+            out[tp] = read
+        elif committed.get(tp) is not None:
+            out[tp] = int(committed[tp])  # type: ignore[arg-type]
+        else:
+            out[tp] = int(earliest.get(tp) or 0)
+    return out
 
 
 def _fetch_state(consumer: Any, tp: TP) -> dict[str, Any]:

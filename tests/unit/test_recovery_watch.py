@@ -2,7 +2,7 @@
 
 from faust.types import TP
 
-from streams.recovery import stalled_partitions
+from streams.recovery import reseek_offsets, stalled_partitions
 
 A, B = TP("trending-changelog", 0), TP("users-changelog", 0)
 
@@ -38,3 +38,12 @@ def test_streams_with_backlog_needs_two_records_left() -> None:
     assert streams_with_backlog(highwaters, {v0: None, v1: 9}) == [v0]
     assert streams_with_backlog(highwaters, {v0: 597, v1: 8}) == [v0, v1]
     assert streams_with_backlog(highwaters, {v0: 598, v1: 10}) == []
+
+
+def test_a_stalled_stream_is_sought_back_to_what_faust_has_read() -> None:
+    p, v, u = TP("purchases", 0), TP("views", 0), TP("user-events", 0)
+    # the stall seen on 2026-12-01: nothing read, nothing committed, aiokafka at the end
+    assert reseek_offsets([p, v, u], {}, {}, {p: 0, v: 0, u: 0}) == {p: 0, v: 0, u: 0}
+    # a read offset wins over a commit; a commit over the beginning; a truncated log's start
+    got = reseek_offsets([p, v, u], {p: 40, v: None}, {p: 30, v: 25, u: None}, {u: 7})
+    assert got == {p: 40, v: 25, u: 7}
