@@ -7,13 +7,19 @@ moves past them, so their re-fetched copies are skipped as "already read" and la
 committed: a worker that takes over a dead worker's partitions lost a block of events in about
 1 run of 12 (tests/integration/test_scale_out.py, ``-m takeover``).
 
-:class:`SeekFirstRecovery` does the same steps in a safe order: seek to the committed offsets
-and clear/resume flow control first, resume the partitions last. It does so only for the
-recoveries after a worker's first one, i.e. when a running worker takes partitions over. The
-first recovery after start keeps Faust's order: with the new order everywhere, 40 of 40
-takeover runs passed, but one full-suite run saw a freshly started worker stall after "Worker
-ready". The loss was only ever seen on a takeover by a running worker, whose fetcher is
-already running when the new partitions are resumed.
+:class:`SeekFirstRecovery` does the same steps in a safe order on every recovery: seek to the
+committed offsets and clear/resume flow control first, resume the partitions last. (Until
+2026-12-01 its docstring said the first recovery kept Faust's order; a flag meant for that
+shadowed mode's ``Service._started`` event, was always truthy, and every recovery, the
+measured ones included, ran the new order.)
+
+The seek to the committed offsets cannot bring back records of a partition without a committed
+offset. A worker restarted after a SIGKILL before its first commit was found (about one restart
+in four on 2 busy cores) with aiokafka's position at the end of every stream partition and
+nothing delivered: records fetched while it started were dropped, and nothing moved the position
+back; it logged "Worker ready" and read nothing. Partitions that this worker had not read from
+before the recovery and that have no committed offset are therefore sought to their first
+offset (:func:`reseek_offsets`) before they are resumed.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from mode import Service
 
 
 class SeekFirstRecovery(Recovery):
-    _started = False  # set once the worker's first recovery has completed
     #: Seconds an active changelog partition with records left may go without progress before
     #: the watchdog reports its fetch state and seeks it again (see ``_watch_active_recovery``).
     stall_after: float = 20.0
@@ -130,12 +135,7 @@ class SeekFirstRecovery(Recovery):
         self.log.warning("Re-resumed and re-sought %s to %s", tps, offsets)
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        """Faust's version; after the first, with the seek and the queue clearing before the
-        partition resume."""
-        if not self._started:
-            await super().on_recovery_completed(generation_id)
-            self._started = self.completed.is_set()
-            return
+        """Faust's version with the seeks and the queue clearing before the partition resume."""
         consumer = self.app.consumer
         self.log.info("Restore complete!")
         await self.app.on_rebalance_complete.send()
@@ -155,9 +155,19 @@ class SeekFirstRecovery(Recovery):
             self.log.warning("Recovery rebalancing again")
             return
         streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+        unread = {tp for tp in streams if consumer._read_offset.get(tp) is None}
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        fresh = sorted((tp for tp in unread if not consumer._committed_offset.get(tp)), key=str)
+        if fresh:  # nothing read, nothing committed: from the start, whatever was fetched
+            earliest = await consumer.earliest_offsets(*fresh)
+            offsets = reseek_offsets(fresh, {}, {}, earliest)
+            await self._wait(
+                consumer.seek_wait(offsets),  # type: ignore[attr-defined]
+                timeout=self.app.conf.broker_request_timeout,
+            )
+            self.log.info("Unread stream partitions without a commit start at %s", offsets)
         self.completed.set()
         self.app.flow_control.resume()  # clears the stream queues: nothing of `streams` yet
         consumer.resume_partitions(streams)
