@@ -63,10 +63,10 @@ def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, take
     past them. Faust's `Recovery.on_recovery_completed` resumes the new partitions before it
     seeks them to the committed offsets and clears the stream queues; records fetched in
     between are dropped while the read offset moves past them. `streams/recovery.py`
-    (`SeekFirstRecovery`) seeks and clears first and resumes last, for a running worker's
-    recoveries (the first one after start keeps Faust's order; using the new order there too
-    once preceded a stalled fresh worker in a full-suite run). Runs with it: 40 of 40 (new
-    order everywhere), then 34 of 35 with the first recovery left as Faust's. The one failure
+    (`SeekFirstRecovery`) seeks and clears first and resumes last, on every recovery. Runs
+    with it: 40 of 40, then 34 of 35 (meant to keep Faust's order for a worker's first
+    recovery; a flag that shadowed mode's `Service._started` made that a no-op, found
+    2026-12-01, so all 75 ran the new order everywhere). The one failure
     was another fault: after the takeover the survivor's recovery of the `trending` changelog
     never received a record ("have offset -1") while the records were on the broker. A
     watchdog in `SeekFirstRecovery` now logs such a stall (Faust's and aiokafka's view of the
