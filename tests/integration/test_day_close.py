@@ -1,8 +1,8 @@
 """Clock marks close days: the users active in them are re-ranked with the final popularity.
 
 Real broker and worker, the hybrid ranker on the recorded fixture (200 H&M products, 2,000
-events over 26 days). The worker is restarted between the replay and the mark, so the set of
-active users must come back from its changelog.
+events over 26 days), on one and two partitions. The worker is restarted between the replay
+and the mark, so the set of active users must come back from its changelog.
 """
 
 from __future__ import annotations
@@ -19,11 +19,17 @@ SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_clock_mark_reranks_the_users_of_the_closed_days(kafka_broker, tmp_path, monkeypatch):
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_clock_mark_reranks_the_users_of_the_closed_days(
+    kafka_broker, tmp_path, monkeypatch, partitions
+):
     products = read_hm_items(SAMPLE / "items.csv")
     _, events = read_log(SAMPLE / "events.jsonl")
     settings = isolated_run(
-        Settings(broker=kafka_broker.bootstrap, data_dir=tmp_path), "test", ranker="hybrid"
+        Settings(broker=kafka_broker.bootstrap, data_dir=tmp_path),
+        "test",
+        ranker="hybrid",
+        partitions=partitions,
     )
     day_s = settings.trending_bucket_s
     last_day = max(int(e.ts // day_s) for e in events)
@@ -41,7 +47,8 @@ def test_clock_mark_reranks_the_users_of_the_closed_days(kafka_broker, tmp_path,
         pipe.restart()  # the active users must survive in their changelog-backed table
         pipe.close_days(tick_ts)
         after = pipe.recommendations()
-        closed = after[len(before) :]
+        closed = [r for r in after if r.trigger == "day_close"]
+        assert len(after) == len(before) + len(closed)
 
         # One re-ranked list per user active in the trending window, nobody else.
         assert all(r.trigger == "day_close" and r.event_id is None for r in closed)
@@ -73,6 +80,7 @@ def test_clock_mark_reranks_the_users_of_the_closed_days(kafka_broker, tmp_path,
         finally:
             get_settings.cache_clear()
         pipe.wait_drained()
-        assert pipe.count("user_events") == len(events) + 2  # both marks reached the worker
+        # both marks reached every user-events partition
+        assert pipe.count("user_events") == len(events) + 2 * partitions
         assert len(pipe.recommendations()) == len(after)
         assert pipe.dead_letters() == []
