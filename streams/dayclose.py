@@ -57,12 +57,3 @@ class ActiveDays:
 
     def __len__(self) -> int:
         return sum(len(u) for b in self._users.values() for u in b.values())
-
-
-def active_key(partition: int, bucket: int, user_id: str) -> bytes:
-    return f"{partition}|{bucket}|{user_id}".encode()
-
-
-def parse_active_key(key: bytes) -> tuple[int, int, str]:
-    p, b, user_id = key.decode().split("|", 2)
-    return int(p), int(b), user_id

@@ -4,7 +4,7 @@
 ``views``            Interaction       (key: user_id; kind "view")
 ``purchases``        Interaction       (key: user_id; kind "purchase")
 ``user-events``      Interaction       (internal, validated, keyed by user_id) or Tick
-``views``/``purchases`` may also carry a Tick (``{"kind": "tick", "ts": ...}``): a clock
+``views``/``purchases`` may also carry a Tick (``{"kind": "tick", "ts": ...}``), a clock mark
 ``recommendations``  Recommendation    (key: user_id)
 ``item-embeddings``  ItemEmbedding     (compacted, key: item_id)
 ``dead-letters``     DeadLetter        (original record + reason)

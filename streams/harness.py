@@ -250,7 +250,7 @@ class Pipeline:
         self._wait("the worker to drain its inputs", lambda: self._lag(names) == 0, timeout)
 
     def _lag(self, names: Sequence[str]) -> int:
-        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+        from kafka import KafkaAdminClient
 
         if self._admin is None:
             self._admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap)
@@ -260,6 +260,15 @@ class Pipeline:
             committed = admin.list_group_offsets({group: None}).get(group, {})
         else:
             committed = admin.list_consumer_group_offsets(group)
+        return sum(
+            max(0, end - (committed[tp].offset if tp in committed else 0))
+            for tp, end in self._end_offsets(names).items()
+        )
+
+    def _end_offsets(self, names: Sequence[str]) -> dict:
+        """{TopicPartition: end offset} of every partition of the named topics (full names)."""
+        from kafka import KafkaConsumer, TopicPartition
+
         if self._counter is None:
             self._counter = KafkaConsumer(bootstrap_servers=self.settings.bootstrap)
         tps = [
@@ -267,19 +276,8 @@ class Pipeline:
             for name in names
             for p in sorted(self._counter.partitions_for_topic(name) or ())
         ]
-        ends = self._counter.end_offsets(tps) if tps else {}
-        return sum(
-            max(0, end - (committed[tp].offset if tp in committed else 0))
-            for tp, end in ends.items()
-        )
+        return self._counter.end_offsets(tps) if tps else {}
 
     def count(self, topic: str) -> int:
         """Number of records in a topic (sum of end offsets; topics are not compacted)."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        if self._counter is None:
-            self._counter = KafkaConsumer(bootstrap_servers=self.settings.bootstrap)
-        name = self.settings.topics.full(topic)
-        parts = self._counter.partitions_for_topic(name) or set()
-        tps = [TopicPartition(name, p) for p in parts]
-        return sum(self._counter.end_offsets(tps).values()) if tps else 0
+        return sum(self._end_offsets([self.settings.topics.full(topic)]).values())

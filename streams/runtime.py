@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from streams.dayclose import ActiveDays, parse_active_key
+from streams.dayclose import ActiveDays
 from streams.ranking import Trending
 from streams.ranking.copurchase import CoPurchase
 from streams.settings import Settings
-from streams.tables import parse_copurchase_key, parse_trending_key
+from streams.tables import parse_active_key, parse_copurchase_key, parse_trending_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -159,12 +159,10 @@ class Runtime:
             co = self.copurchase[partition] = CoPurchase()
         return co
 
-    def load_mirrors(
-        self, trending_table: Any, copurchase_table: Any, active_table: Any = None
-    ) -> None:
+    def load_mirrors(self, trending_table: Any, copurchase_table: Any, active_table: Any) -> None:
         """Rebuild the in-memory trending, co-purchase and active-user state from their tables."""
         self.active = ActiveDays()
-        for key, value in active_table.items() if active_table is not None else ():
+        for key, value in active_table.items():
             if value is not None:
                 self.active.add(*parse_active_key(key))
         self.copurchase = {}

@@ -44,6 +44,11 @@ def parse_trending_key(key: bytes) -> tuple[int, int, str]:
     return int(p), int(b), item
 
 
+# The active-users table has the trending table's layout: partition | day bucket | user id.
+active_key = trending_key
+parse_active_key = parse_trending_key
+
+
 def copurchase_key(partition: int, item_id: str) -> bytes:
     return f"{partition}|{item_id}".encode()
 

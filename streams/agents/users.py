@@ -15,14 +15,13 @@ import logging
 
 import faust
 
-from streams.dayclose import active_key
 from streams.deadletters import DeadLetterSink
 from streams.events import Interaction, Tick, is_tick
 from streams.ranking import top_trending
 from streams.recommend import TRENDING_KEY, rank_user, to_record
 from streams.runtime import Runtime
 from streams.settings import Settings
-from streams.tables import Tables, copurchase_key, trending_key
+from streams.tables import Tables, active_key, copurchase_key, trending_key
 from streams.topics import Topics
 from streams.userstate import DecayConfig, UserState, fold_event
 
@@ -71,7 +70,7 @@ def register(
             )
             await topics.trending.send(key=str(partition).encode(), value=rec.to_bytes())
 
-    async def close_days(partition: int, tick: Tick) -> int:
+    async def close_days(partition: int, tick: Tick) -> None:
         """Re-rank and publish the users active in the partition's days before the tick's."""
         trending = rt.trending_for(partition)
         before = trending.bucket_of(tick.ts)
@@ -102,7 +101,6 @@ def register(
                 tables.active.pop(active_key(partition, bucket, user_id), None)
         if closing:
             log.info("day close on partition %d: %d users re-ranked", partition, len(closing))
-        return len(closing)
 
     @app.agent(topics.user_events, name="users")
     async def users(stream: faust.StreamT) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from streams.dayclose import ActiveDays, active_key, parse_active_key
+from streams.dayclose import ActiveDays
+from streams.tables import active_key, parse_active_key
 
 
 def test_add_is_new_once_per_partition_day_and_user():
