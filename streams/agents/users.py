@@ -183,8 +183,8 @@ def register(
                 day = trending.bucket_of(event.ts)
                 if trending.in_window(day) and rt.active.add(msg.partition, day, event.user_id):
                     tables.active[active_key(msg.partition, day, event.user_id)] = b"1"
-                if trending.now_bucket is not None:  # forget days no mark closed in time
-                    oldest = trending.now_bucket - trending.n_buckets + 1
+                oldest = trending.oldest_bucket
+                if oldest is not None:  # forget days no mark closed in time
                     for old_day, user_id in rt.active.expire(msg.partition, oldest):
                         tables.active.pop(active_key(msg.partition, old_day, user_id), None)
             for item_id in changed_rows:

@@ -29,8 +29,14 @@ class Trending:
     def bucket_of(self, ts: float) -> int:
         return int(ts // self.bucket_s)
 
+    @property
+    def oldest_bucket(self) -> int | None:
+        """The first bucket inside the window (``None`` before the first event)."""
+        return None if self.now_bucket is None else self.now_bucket - self.n_buckets + 1
+
     def in_window(self, bucket: int) -> bool:
-        return self.now_bucket is None or bucket > self.now_bucket - self.n_buckets
+        oldest = self.oldest_bucket
+        return oldest is None or bucket >= oldest
 
     def add(
         self, item_id: str, kind: str, ts: float, count: int = 1
