@@ -18,21 +18,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from streams.eval import baselines as B
 from streams.eval.data import dev_split, load_hm
-from streams.eval.metrics import apk
+from streams.eval.metrics import apk, map_at_k
 
 TARGET_ALL = 0.0170
 DEPTH = 500  # ranking depth the oracles reorder within
-
-
-def _map(truth: dict[str, set[str]], lists: dict[str, Sequence[str]], users) -> float:
-    return float(np.mean([apk(truth[u], list(lists[u])[:12], 12) for u in users]))
 
 
 def _reorder(ranked: list[str], mask: list[bool], truth: set[str]) -> list[str]:
@@ -77,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         B.popularity_ranking(history, 7, cutoff, 12, unique_customers=True,
                              channel_weights={1: 2.0})
     ]]  # fmt: skip
-    ours = _map(truth, dict.fromkeys(cold, pop), cold)
+    cold_truth = {u: truth[u] for u in cold}
+    ours = map_at_k(cold_truth, dict.fromkeys(cold, pop))
     bought = collections.Counter(a for u in cold for a in truth[u])
     hindsight = [a for a, _ in bought.most_common(12)]
-    best = _map(truth, dict.fromkeys(cold, hindsight), cold)
+    best = map_at_k(cold_truth, dict.fromkeys(cold, hindsight))
     print(f"cold customers {len(cold)} ({share_cold:.1%}): our list {ours:.5f}, "
           f"best list in hindsight {best:.5f}")  # fmt: skip
     for name, c in (("our cold list", ours), ("the hindsight cold list", best)):

@@ -23,7 +23,7 @@ import numpy as np
 
 from streams.eval import baselines as B
 from streams.eval.data import dev_split, load_hm
-from streams.eval.metrics import apk
+from streams.eval.metrics import map_at_k
 
 CATEGORIES = ("product_type_name", "product_group_name", "garment_group_name", "index_group_name")
 MODELS = {  # name -> HistGradientBoostingClassifier parameters
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     X, y, group, item, users, truth, tuned, article_id, categorical = candidate_features(args)
     starts = np.searchsorted(group, np.arange(len(users) + 1))
-    tuned_map = float(np.mean([apk(truth[u], tuned[u][:12], 12) for u in users]))
+    warm_truth = {u: truth[u] for u in users}
+    tuned_map = map_at_k(warm_truth, tuned)
     print(f"warm customers {len(users)}, candidates {len(y)} (top {args.depth}), "
           f"bought {int(y.sum())}, features {X.shape[1]} ({time.time() - t0:.0f} s)")  # fmt: skip
     print(f"  tuned top 12 (hand-set weights): warm MAP@12 {tuned_map:.4f}")
@@ -160,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 model.fit(X[train], y[train])
                 oof[test] = model.predict_proba(X[test])[:, 1]
-            total = 0.0
+            lists = {}
             for g, u in enumerate(users):
                 rows = np.arange(starts[g], starts[g + 1])
                 top = rows[np.argsort(-oof[rows], kind="stable")][:12]
-                total += apk(truth[u], [str(article_id[item[r]]) for r in top], 12)
-            scores.append(total / len(users))
+                lists[u] = [str(article_id[item[r]]) for r in top]
+            scores.append(map_at_k(warm_truth, lists))
         shown = " / ".join(f"{s:.4f}" for s in scores)
         print(f"  gradient-boosted trees, {name}: out-of-fold warm MAP@12 {shown} "
               f"(fold seeds 0..{args.seeds - 1})")  # fmt: skip
