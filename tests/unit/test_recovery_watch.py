@@ -2,7 +2,7 @@
 
 from faust.types import TP
 
-from streams.recovery import reseek_offsets, stalled_partitions
+from streams.recovery import reseek_offsets, stalled_partitions, streams_with_backlog
 
 A, B = TP("trending-changelog", 0), TP("users-changelog", 0)
 
@@ -30,8 +30,6 @@ def test_done_partitions_are_never_stalled_and_are_forgotten() -> None:
 
 
 def test_streams_with_backlog_needs_two_records_left() -> None:
-    from streams.recovery import streams_with_backlog
-
     v0, v1, p0 = TP("views", 0), TP("views", 1), TP("purchases", 0)
     highwaters = {v0: 600, v1: 11, p0: None}
     # v0 never read (no committed offset): 600 waiting; v1 read up to 9 or 10
