@@ -95,13 +95,19 @@ def _passthrough(module: str):
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    targets = {"encoder": "encoders.bench", "pipeline": "streams.bench"}
+    targets = {
+        "encoder": "encoders.bench",
+        "pipeline": "streams.bench",
+        "stream": "streams.benchstream:main_stream",
+        "scale": "streams.benchstream:main_scale",
+    }
     if not args.rest or args.rest[0] not in targets:
         print(f"usage: vrec bench {{{','.join(targets)}}} [options]")
         return 2
     import importlib
 
-    return int(importlib.import_module(targets[args.rest[0]]).main(args.rest[1:]) or 0)
+    module, _, func = targets[args.rest[0]].partition(":")
+    return int(getattr(importlib.import_module(module), func or "main")(args.rest[1:]) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ts", nargs="?", help="epoch seconds or ISO date, e.g. 2020-09-17")
     p.set_defaults(func=_cmd_tick)
 
-    p = sub.add_parser("bench", help="benchmarks: encoder | pipeline", add_help=False)
+    p = sub.add_parser(
+        "bench", help="benchmarks: encoder | pipeline | stream | scale", add_help=False
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
 
