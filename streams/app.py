@@ -67,8 +67,8 @@ def build_app(settings: Settings) -> VrecApp:
 
     @app.on_rebalance_complete.connect
     async def _mirror_stale(sender, **_kw) -> None:  # noqa: ANN001 - Faust signal signature
-        # Assigned partitions may have changed: rebuild the trending mirror on the next event.
-        rt.trending_loaded = False
+        # Assigned partitions may have changed: rebuild the partition mirrors on the next batch.
+        rt.partitions.loaded = False
 
     vrec = VrecApp(app, topics, tables, rt, dead)
     if settings.web_enabled:

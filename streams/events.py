@@ -145,6 +145,10 @@ class Recommendation(_Model):
     # "event": computed right after the user's event (event_id); "day_close": re-ranked when
     # a clock mark closed the day the user was active in (event_id None)
     trigger: Literal["event", "day_close"] = "event"
+    # the user-events partition and offset through which the worker's state was folded when it
+    # ranked this list (the last record of the micro-batch); None for lists made elsewhere
+    as_of_partition: int | None = None
+    as_of_offset: int | None = None
 
 
 def encode_vector(vec: np.ndarray) -> str:

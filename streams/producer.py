@@ -36,12 +36,18 @@ class DurableProducer(AIOKafkaProducer):
         super().send_soon(fut)
 
     async def flush(self) -> None:
-        """Send what is buffered and wait until the broker acked each message (or raise)."""
+        """Send what is buffered and wait until the broker acked each message handed over
+        before this call (or raise).
+
+        Faust picks the offsets to commit before it flushes, so the messages that matter are
+        those already handed over. Waiting until *no* message is unacked instead never ends
+        while agents keep producing: under sustained load commits then stalled for seconds.
+        """
+        pending = list(self.unacked)
         await super().flush()
-        while self.unacked:
+        if pending:
             # gather raises the first send error: the caller (the offset commit) must not proceed.
-            await asyncio.gather(*list(self.unacked))
-            await super().flush()
+            await asyncio.gather(*pending)
 
 
 class App(faust.App):

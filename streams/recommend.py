@@ -1,11 +1,22 @@
-"""Turn a user's state into a Recommendation: visual similarity, exclusion, trending fallback."""
+"""Turn user states into recommendation lists: the hybrid and the visual ranker (pure).
+
+A :class:`RankContext` holds what every user of a partition shares at one moment (the trending
+order, co-purchase counts, the catalogue mirror and the ranking settings); :func:`rank_states`
+ranks many users against one context, which is how the users agent ranks a micro-batch, the day
+close ranks a slice of users and the web API ranks one user.
+
+The visual ranker needs nearest neighbours from the vector store; :func:`visual_queries` gives the
+unit user vectors to search for, and the caller passes the hits back to :func:`rank_states`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from streams.catalogue import Catalogue
 from streams.events import RecItem, Recommendation
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
@@ -17,7 +28,7 @@ from streams.ranking.hybrid import (
     sibling_scores,
 )
 from streams.settings import Settings
-from streams.userstate import UserState, excluded_items
+from streams.userstate import UserState, excluded_items, user_vector
 
 TRENDING_KEY = "*"  # user_id of the trending list (trending topic) for users not seen yet
 
@@ -25,29 +36,174 @@ TRENDING_KEY = "*"  # user_id of the trending list (trending topic) for users no
 CandidateSearch = Callable[
     [np.ndarray, int, frozenset[str]], Awaitable[Sequence[tuple[str, np.ndarray]]]
 ]
+Candidates = Sequence[tuple[str, np.ndarray]]
 
 
-async def recommend(
-    state: UserState,
-    *,
-    settings: Settings,
-    trending: Trending,
-    search: CandidateSearch,
+@dataclass(frozen=True)
+class RankConfig:
+    """The ranking settings, read once from :class:`Settings`."""
+
+    ranker: str
+    k: int
+    exclude: str
+    personalise_after: int
+    half_life_s: float
+    weights: HybridWeights
+    cf_seeds: int
+    cf_per_seed: int
+    cf_candidates: int
+    pop_candidates: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RankConfig:
+        return cls(
+            ranker=s.ranker,
+            k=s.top_k,
+            exclude=s.exclude,
+            personalise_after=s.personalise_after,
+            half_life_s=s.half_life_days * 86_400.0,
+            weights=HybridWeights.from_settings(s),
+            cf_seeds=s.cf_seeds,
+            cf_per_seed=s.cf_per_seed,
+            cf_candidates=s.cf_candidates,
+            pop_candidates=s.pop_candidates,
+        )
+
+
+class RankContext:
+    """What the users of one partition share while a batch (or a slice of users) is ranked.
+
+    Built after the batch is folded; the trending head and maximum are read once here.
+    """
+
+    def __init__(
+        self,
+        config: RankConfig,
+        *,
+        trending: Trending,
+        copurchase: CoPurchase,
+        catalogue: Catalogue,
+    ) -> None:
+        self.config = config
+        self.trending = trending
+        self.copurchase = copurchase
+        self.catalogue = catalogue
+        self.head = trending.top(config.pop_candidates)
+        self.head_ids = [i for i, _ in self.head]
+        self.pop_max = trending.max_score
+        self._popular = top_trending(trending, config.k)  # the fill list without exclusions
+
+    def trending_list(self, exclude: Collection[str] = ()) -> list[Scored]:
+        if not exclude:
+            return list(self._popular)
+        return top_trending(self.trending, self.config.k, exclude)
+
+
+def personalised(state: UserState, vector: np.ndarray | None, config: RankConfig) -> bool:
+    """Whether the user gets a personal list (else the trending list)."""
+    if state.n_events < config.personalise_after:
+        return False
+    if config.ranker == "hybrid":
+        return any(st.bought_ts is not None for st in state.items.values()) or vector is not None
+    return vector is not None and float(np.linalg.norm(vector)) > 0
+
+
+def visual_queries(
+    states: Mapping[str, UserState], ctx: RankContext
+) -> dict[str, tuple[np.ndarray, frozenset[str]]]:
+    """For the visual ranker: user -> (unit float32 vector, excluded ids) to search the store."""
+    out = {}
+    for user_id, state in states.items():
+        vec = user_vector(state, ctx.catalogue)
+        if personalised(state, vec, ctx.config):
+            unit = (vec / np.linalg.norm(vec)).astype(np.float32)
+            out[user_id] = (unit, excluded_items(state, ctx.config.exclude))
+    return out
+
+
+def rank_states(
+    states: Mapping[str, UserState],
+    ctx: RankContext,
+    candidates: Mapping[str, Candidates] | None = None,
+) -> dict[str, tuple[list[Scored], str]]:
+    """Each user's top-k and the strategy used ("hybrid", "visual" or "trending").
+
+    ``candidates`` (visual ranker only): the store's nearest neighbours per user, for the users
+    :func:`visual_queries` returned.
+    """
+    return {u: rank_state(s, ctx, (candidates or {}).get(u)) for u, s in states.items()}
+
+
+def rank_state(
+    state: UserState, ctx: RankContext, candidates: Candidates | None = None
 ) -> tuple[list[Scored], str]:
-    """Top-k for a user and the strategy used ("visual" or "trending")."""
-    k = settings.top_k
-    exclude = excluded_items(state, settings.exclude)
-    vec = state.vector
-    norm = 0.0 if vec is None else float(np.linalg.norm(vec))
-    if vec is None or norm == 0.0 or state.n_events < settings.personalise_after:
-        return top_trending(trending, k, exclude), "trending"
-    unit = (vec / norm).astype(np.float32)
-    # Exact candidates from the store; the final scores and order come from the pure ranker.
-    candidates = await search(unit, 2 * k, exclude)
-    ranked = rank_by_similarity(vec, candidates, k, exclude)
-    if len(ranked) < k:  # small catalogue: fill with trending items
-        ranked = fill(ranked, top_trending(trending, k, exclude), k)
-    return ranked, "visual"
+    cfg = ctx.config
+    exclude = excluded_items(state, cfg.exclude)
+    vec = user_vector(state, ctx.catalogue)
+    if not personalised(state, vec, cfg):
+        return ctx.trending_list(exclude), "trending"
+    if cfg.ranker == "hybrid":
+        ranked, strategy = hybrid_list(state, vec, ctx, exclude), "hybrid"
+    else:
+        ranked = rank_by_similarity(vec, candidates or [], cfg.k, exclude)
+        strategy = "visual"
+    if len(ranked) < cfg.k:  # small catalogue or few candidates: fill with trending items
+        ranked = fill(ranked, ctx.trending_list(exclude), cfg.k)
+    return ranked, strategy
+
+
+def hybrid_list(
+    state: UserState, vec: np.ndarray | None, ctx: RankContext, exclude: frozenset[str]
+) -> list[Scored]:
+    """Repurchase + siblings + co-purchase + visual re-ranking + popularity (see ranking.hybrid).
+
+    Candidates: the user's purchases, their siblings, their co-purchase neighbours and the
+    trending head, each read from the shared context.
+    """
+    cfg, w, cat = ctx.config, ctx.config.weights, ctx.catalogue
+    bought = state.last_purchase
+    now = state.last_ts
+    seeds = sorted(bought.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.cf_seeds]
+    seed_w = {i: 2.0 ** ((t - now) / cfg.half_life_s) for i, t in seeds}
+    cf = ctx.copurchase.scores(seed_w, cfg.cf_per_seed)
+    if len(cf) > cfg.cf_candidates:
+        cf = dict(sorted(cf.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.cf_candidates])
+    rep = price_weighted(state.rep, cat.price_of, w.price_exponent)
+    sib = sibling_scores(rep, cat.code_of, cat.members)
+    score = ctx.trending.score
+    pop = {j: score(j) for j in {*rep, *sib, *cf, *ctx.head_ids}}
+    sib = boost_by_popularity(sib, pop, ctx.pop_max, w.sib_pop)
+    vis: dict[str, float] = {}
+    if w.vis and vec is not None:
+        ids = sorted(pop.keys() - exclude)
+        vis = dict(zip(ids, _cosines(vec, ids, cat).tolist()))
+    return hybrid_rank(
+        candidates=pop.keys(),
+        rep=rep,
+        sib=sib,
+        cf=cf,
+        vis=vis,
+        pop=pop,
+        weights=w,
+        k=cfg.k,
+        exclude=exclude,
+    )
+
+
+def _cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
+    """Cosine of the user vector with each item's vector (0 for items without one)."""
+    out = np.zeros(len(ids))
+    norm = float(np.linalg.norm(vec))
+    if norm == 0:
+        return out
+    index = cat.index_of
+    rows = np.fromiter((-1 if (r := index(j)) is None else r for j in ids), np.intp, len(ids))
+    have = rows >= 0
+    if have.any():
+        idx = rows[have]
+        unit = (vec / norm).astype(np.float32)
+        out[have] = (cat.rows(idx) @ unit).astype(np.float64) / np.maximum(cat.norms(idx), 1e-12)
+    return out
 
 
 def to_record(
@@ -59,6 +215,7 @@ def to_record(
     event_id: str | None,
     event_ts: float | None,
     trigger: str = "event",
+    as_of: tuple[int, int] | None = None,
 ) -> Recommendation:
     return Recommendation(
         trigger=trigger,
@@ -68,85 +225,18 @@ def to_record(
         event_id=event_id,
         event_ts=event_ts,
         strategy=strategy,
+        as_of_partition=None if as_of is None else as_of[0],
+        as_of_offset=None if as_of is None else as_of[1],
     )
 
 
-def hybrid_recommend(
-    state: UserState,
-    *,
-    settings: Settings,
-    trending: Trending,
-    copurchase: CoPurchase,
-    vectors: Mapping[str, np.ndarray],
-    code_of: Mapping[str, str],
-    members: Mapping[str, Collection[str]],
-    price_of: Mapping[str, float] | None = None,
+async def rank_one(
+    state: UserState, ctx: RankContext, search: CandidateSearch
 ) -> tuple[list[Scored], str]:
-    """Repurchase + siblings + co-purchase + visual re-ranking + popularity (see ranking.hybrid)."""
-    s = settings
-    weights = HybridWeights.from_settings(s)
-    k = s.top_k
-    exclude = excluded_items(state, s.exclude)
-    if state.n_events < s.personalise_after or not (state.rep or state.vector is not None):
-        return top_trending(trending, k, exclude), "trending"
-    half_life = s.half_life_days * 86_400.0
-    now = state.last_ts
-    seeds = sorted(state.last_purchase.items(), key=lambda kv: (-kv[1], kv[0]))[: s.cf_seeds]
-    seed_w = {i: 2.0 ** ((t - now) / half_life) for i, t in seeds}
-    cf = copurchase.scores(seed_w, s.cf_per_seed)
-    if len(cf) > s.cf_candidates:
-        cf = dict(sorted(cf.items(), key=lambda kv: (-kv[1], kv[0]))[: s.cf_candidates])
-    rep = price_weighted(state.rep, price_of or {}, weights.price_exponent)
-    sib = sibling_scores(rep, code_of, members)
-    head = trending.top(s.pop_candidates)
-    candidates = set(state.rep) | set(sib) | set(cf) | {i for i, _ in head}
-    pop = {i: trending.score(i) for i in candidates}
-    # the head is sorted: its first score is the window's maximum (one scan, not two)
-    pop_max = head[0][1] if head else max((sc for _, sc in trending.top(1)), default=0.0)
-    sib = boost_by_popularity(sib, pop, pop_max, weights.sib_pop)
-    vis: dict[str, float] = {}
-    vec = state.vector
-    if s.w_visual and vec is not None and np.linalg.norm(vec) > 0:
-        known = sorted(i for i in candidates if i in vectors)
-        if known:
-            mat = np.stack([vectors[i] for i in known]).astype(np.float64)
-            sims = mat @ (vec / np.linalg.norm(vec)) / np.linalg.norm(mat, axis=1)
-            vis = dict(zip(known, sims.tolist()))
-    ranked = hybrid_rank(
-        candidates=candidates,
-        rep=rep,
-        sib=sib,
-        cf=cf,
-        vis=vis,
-        pop=pop,
-        weights=weights,
-        k=k,
-        exclude=exclude,
-    )
-    if len(ranked) < k:
-        ranked = fill(ranked, top_trending(trending, k, exclude), k)
-    return ranked, "hybrid"
-
-
-async def rank_user(
-    state: UserState,
-    *,
-    rt,  # streams.runtime.Runtime: settings and catalogue mirror
-    trending: Trending,
-    copurchase: CoPurchase,
-    search: CandidateSearch,
-) -> tuple[list[Scored], str]:
-    """The configured ranker (settings.ranker) for one user: what the users agent publishes
-    and what the web API shows."""
-    if rt.settings.ranker == "hybrid":
-        return hybrid_recommend(
-            state,
-            settings=rt.settings,
-            trending=trending,
-            copurchase=copurchase,
-            vectors=rt.vectors,
-            code_of=rt.code_of,
-            members=rt.members,
-            price_of=rt.price_of,
-        )
-    return await recommend(state, settings=rt.settings, trending=trending, search=search)
+    """One user's list now (the web API): the visual ranker's candidates come from ``search``."""
+    candidates = None
+    query = visual_queries({state.user_id: state}, ctx).get(state.user_id)
+    if ctx.config.ranker != "hybrid" and query is not None:
+        unit, exclude = query
+        candidates = await search(unit, 2 * ctx.config.k, exclude)
+    return rank_state(state, ctx, candidates)

@@ -1,4 +1,6 @@
-"""What the agents share inside one worker process: store, encoder, executors, state mirrors.
+"""What the agents share inside one worker process, in typed parts: the services (store,
+encoder, executors), the catalogue mirror (:class:`~streams.catalogue.Catalogue`) and the
+per-partition state mirrors (:class:`PartitionStates`).
 
 Blocking work never runs on the event loop (heartbeats must not stall): the vector store is used
 from one dedicated thread, ONNX inference from another, image decoding from a small pool.
@@ -17,14 +19,76 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from streams.dayclose import ActiveDays
+from streams.catalogue import Catalogue
 from streams.ranking import Trending
 from streams.ranking.copurchase import CoPurchase
 from streams.settings import Settings
 from streams.tables import parse_active_key, parse_copurchase_key, parse_trending_key
+from streams.userbatch import PartitionState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class PartitionStates:
+    """The users agent's in-memory mirrors of the trending, co-purchase and active-days tables,
+    per user-events partition; rebuilt from the tables after every rebalance."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._parts: dict[int, PartitionState] = {}
+        self.loaded = False
+        self.dirty: set[int] = set()  # partitions whose trending changed since published
+
+    def new_trending(self) -> Trending:
+        s = self.settings
+        return Trending(
+            s.trending_window_days * 86_400.0,
+            s.trending_bucket_s,
+            {"view": s.weight_view, "purchase": s.weight_purchase},
+        )
+
+    def get(self, partition: int) -> PartitionState:
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = PartitionState(
+                trending=self.new_trending(),
+                copurchase=CoPurchase(self.settings.copurchase_neighbours),
+            )
+        return part
+
+    def trending(self, partition: int) -> Trending:
+        return self.get(partition).trending
+
+    def load(self, trending_table: Any, copurchase_table: Any, active_table: Any) -> None:
+        """Rebuild every partition's state from the tables (after recovery or a rebalance)."""
+        self._parts = {}
+        for key, value in active_table.items():
+            if value is not None:
+                partition, bucket, user_id = parse_active_key(key)
+                self.get(partition).active.add(partition, bucket, user_id)
+        for key, value in copurchase_table.items():
+            if value is not None:
+                partition, item_id, other = parse_copurchase_key(key)
+                self.get(partition).copurchase.load_cell(item_id, other, int(value))
+        n = 0
+        for key, value in trending_table.items():
+            if value is not None:
+                partition, bucket, item_id = parse_trending_key(key)
+                self.trending(partition).load_cell(bucket, item_id, json.loads(value))
+                n += 1
+        self.loaded = True
+        log.info("partition state restored: %d trending cells, %d partitions", n, len(self._parts))
+
+    def read_trending(self, table: Any, partition: int) -> Trending:
+        """A partition's trending counts read from its table (leaves the mirrors alone)."""
+        tr = self.new_trending()
+        for key, value in table.items():
+            if value is not None:
+                p, bucket, item_id = parse_trending_key(key)
+                if p == partition:
+                    tr.load_cell(bucket, item_id, json.loads(value))
+        return tr
 
 
 @dataclass
@@ -45,16 +109,12 @@ class Runtime:
     cache: Any = None  # encoders.cache.EmbeddingCache when settings.embedding_cache is set
     classifier: Any = None  # encoders.classify.CategoryClassifier when settings.classifier is set
     text_encoder: Any = None  # encoders.text.TextEncoder when text_weight > 0 (encode role)
-    trending: dict[int, Trending] = field(default_factory=dict)
-    trending_loaded: bool = False
-    trending_dirty: set[int] = field(default_factory=set)  # partitions changed since published
-    copurchase: dict[int, CoPurchase] = field(default_factory=dict)
-    active: ActiveDays = field(default_factory=ActiveDays)  # users per open day, to re-rank
-    # catalogue mirror (filled from the store at start, then by the encode agent)
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # item -> image vector
-    code_of: dict[str, str] = field(default_factory=dict)  # item -> product code
-    members: dict[str, set[str]] = field(default_factory=dict)  # product code -> items
-    price_of: dict[str, float] = field(default_factory=dict)  # item -> catalogue price (if any)
+    # catalogue mirror (filled from the store at start, then by the encode agent and replica)
+    catalogue: Catalogue = field(default_factory=Catalogue)
+    partitions: PartitionStates = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.partitions = PartitionStates(self.settings)
 
     # -- threads --------------------------------------------------------------------------
     async def in_store(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -104,7 +164,7 @@ class Runtime:
             self.model_id,
             self.encoder.providers,
             s.store,
-            len(self.vectors),
+            len(self.catalogue),
         )
 
     def _load_catalogue(self, chunk: int = 1000) -> None:
@@ -117,16 +177,8 @@ class Runtime:
                 self.remember(item_id, vectors.get(item_id), payloads.get(item_id, {}))
 
     def remember(self, item_id: str, vector: np.ndarray | None, payload: dict) -> None:
-        """Add an item to the catalogue mirror (store thread or event loop; dict ops only)."""
-        if vector is not None:
-            self.vectors[item_id] = np.asarray(vector, dtype=np.float32)
-        code = payload.get("product_code")
-        if code:
-            self.code_of[item_id] = str(code)
-            self.members.setdefault(str(code), set()).add(item_id)
-        price = payload.get("price")
-        if price is not None:
-            self.price_of[item_id] = float(price)
+        """Add an item to the catalogue mirror (store thread or event loop)."""
+        self.catalogue.put(item_id, vector, payload)
 
     def close(self) -> None:
         if self.cache is not None:
@@ -137,49 +189,3 @@ class Runtime:
             self.store = None
         for pool in (self.store_pool, self.encode_pool, self.decode_pool):
             pool.shutdown(wait=False)
-
-    # -- trending mirrors (rebuilt from the changelog-backed table after recovery) ----------
-    def new_trending(self) -> Trending:
-        s = self.settings
-        return Trending(
-            s.trending_window_days * 86_400.0,
-            s.trending_bucket_s,
-            {"view": s.weight_view, "purchase": s.weight_purchase},
-        )
-
-    def trending_for(self, partition: int) -> Trending:
-        tr = self.trending.get(partition)
-        if tr is None:
-            tr = self.trending[partition] = self.new_trending()
-        return tr
-
-    def copurchase_for(self, partition: int) -> CoPurchase:
-        co = self.copurchase.get(partition)
-        if co is None:
-            co = self.copurchase[partition] = CoPurchase()
-        return co
-
-    def load_mirrors(self, trending_table: Any, copurchase_table: Any, active_table: Any) -> None:
-        """Rebuild the in-memory trending, co-purchase and active-user state from their tables."""
-        self.active = ActiveDays()
-        for key, value in active_table.items():
-            if value is not None:
-                self.active.add(*parse_active_key(key))
-        self.copurchase = {}
-        for key, value in copurchase_table.items():
-            if value is not None:
-                partition, item_id = parse_copurchase_key(key)
-                self.copurchase_for(partition).load_row(item_id, json.loads(value))
-        self.load_trending(trending_table)
-
-    def load_trending(self, table: Any) -> None:
-        self.trending = {}
-        n = 0
-        for key, value in table.items():
-            if value is None:
-                continue
-            partition, bucket, item_id = parse_trending_key(key)
-            self.trending_for(partition).load_cell(bucket, item_id, json.loads(value))
-            n += 1
-        self.trending_loaded = True
-        log.info("trending restored: %d cells over %d partitions", n, len(self.trending))

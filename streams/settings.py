@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     half_life_days: float = Field(30.0, gt=0)
     weight_view: float = Field(0.3, ge=0)
     weight_purchase: float = Field(1.0, ge=0)
-    history_len: int = Field(50, ge=1)
+    history_len: int = Field(50, ge=1, description="recent events kept per user (dedupe, page)")
+    # distinct items kept per user (vector, repurchase, exclusion); past it the item touched
+    # longest ago is forgotten, its weight with it
     max_seen: int = Field(1000, ge=1)
     exclude: ExcludePolicy = "none"  # H&M customers buy again: repurchase is a signal
     top_k: int = Field(12, ge=1)
@@ -111,6 +113,12 @@ class Settings(BaseSettings):
     trending_publish_s: float = Field(2.0, gt=0, description="publish the list for cold users")
     # a clock mark (events.Tick) re-ranks the users active in the days it closes
     day_close_refresh: bool = True
+    day_close_slice: int = Field(500, ge=1, description="users re-ranked between two yields")
+
+    # users agent micro-batches: at most batch_max user-events, waiting at most batch_within_s;
+    # one recommendation per user per batch (their latest event's). batch_max=1: one per event
+    batch_max: int = Field(1000, ge=1)
+    batch_within_s: float = Field(0.02, gt=0)
 
     # ranker: "visual" (similarity to the user vector) or "hybrid" (see streams/ranking/hybrid.py)
     ranker: Literal["visual", "hybrid"] = "hybrid"
@@ -122,6 +130,8 @@ class Settings(BaseSettings):
     cf_seeds: int = Field(50, ge=1, description="most recent purchases used as CF seeds")
     cf_per_seed: int = Field(50, ge=1)
     cf_candidates: int = Field(200, ge=0)
+    # co-purchase rows keep the top this many neighbours per item (count desc, then id)
+    copurchase_neighbours: int = Field(200, ge=1)
     pop_candidates: int = Field(100, ge=0)
     # a purchase counts in repurchase/sibling scores as (catalogue price / the user's dearest
     # item's price) ** this (0: price ignored; items without a price weigh as the dearest)

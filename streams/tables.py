@@ -1,4 +1,5 @@
-"""Changelog-backed Faust tables (RocksDB locally by default)."""
+"""Changelog-backed Faust tables (``Settings.table_store``: in memory, rebuilt from the changelog
+at start, by default) and their key layouts."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> faust.TableT:
 
 @dataclass(frozen=True)
 class Tables:
-    users: faust.TableT  # user_id -> UserState bytes
+    users: faust.TableT  # user_id -> UserState bytes (streams.userstate binary layout)
     trending: faust.TableT  # b"<partition>|<bucket>|<item_id>" -> JSON counts per kind
-    copurchase: faust.TableT  # b"<partition>|<item_id>" -> JSON {item: count}
+    # b"<partition>|<len(item)>|<item><neighbour>" -> ASCII count (one cell per pair)
+    copurchase: faust.TableT
     active: faust.TableT  # b"<partition>|<bucket>|<user_id>" -> b"1" (streams.dayclose)
 
     @classmethod
@@ -49,10 +51,10 @@ active_key = trending_key
 parse_active_key = parse_trending_key
 
 
-def copurchase_key(partition: int, item_id: str) -> bytes:
-    return f"{partition}|{item_id}".encode()
+def copurchase_key(partition: int, item_id: str, other: str) -> bytes:
+    return f"{partition}|{len(item_id)}|{item_id}{other}".encode()
 
 
-def parse_copurchase_key(key: bytes) -> tuple[int, str]:
-    p, item = key.decode().split("|", 1)
-    return int(p), item
+def parse_copurchase_key(key: bytes) -> tuple[int, str, str]:
+    p, n, pair = key.decode().split("|", 2)
+    return int(p), pair[: int(n)], pair[int(n) :]

@@ -1,28 +1,40 @@
-"""User vectors: a time-decayed, per-kind weighted mean of item vectors (pure functions).
+"""Per-user state: decayed item weights (the user vector's recipe), recent history, dedupe marks.
 
-An event of kind ``k`` at event time ``t`` on an item with unit vector ``v`` adds
-``w_k * 2**((t - ref_ts) / half_life) * v`` to ``acc`` and the same weight to ``wsum``. Because all
-terms decay by the same factor as time passes, the mean ``acc / wsum`` *is* the decayed mean at any
-later time, and the fold does not depend on the order the events arrive in. ``ref_ts`` is moved
-forward (rescaling ``acc`` and ``wsum``) when the exponent grows large, so nothing overflows.
+An event of kind ``k`` at event time ``t`` on item ``i`` adds ``w_k * 2**((t - ref_ts) /
+half_life)`` to the item's weight ``vw_i`` and to ``wsum``. The user vector is then
+``sum_i vw_i * v_i / wsum`` over the item vectors ``v_i`` of the catalogue
+(:func:`user_vector`): since every term decays by the same factor, this is the decayed mean at
+any later time and the fold is order independent. ``ref_ts`` moves forward (rescaling every
+weight) before the exponent gets large, so nothing overflows.
 
-``UserState`` also keeps the recent history (with event ids), the set of seen/purchased items and,
-for idempotent replays, the last input offset folded per partition: an event is folded once even
-when Kafka delivers it twice (same offset) or an upstream retry re-sends it (same event id, within
-the recent history).
+Keeping weights per item instead of a dense vector makes the state small (a few dozen bytes per
+distinct item instead of 10 KB for a float64 1280-d vector) and lets a re-uploaded item image
+reach every user. The state keeps at most ``max_seen`` distinct items: past it the item touched
+longest ago is forgotten, with its weight.
+
+Purchases also keep ``rep_i`` (the decayed count of purchases of ``i``, for the repurchase signal)
+and the newest purchase time. For idempotent replays the state keeps the last input offset folded
+per partition and a 64-bit hash of the recent event ids: an event is folded once even when Kafka
+delivers it twice (same offset) or an upstream retry re-sends it (same event id, within the recent
+history).
+
+The state is mutable (``fold`` changes it in place); the users agent decodes it from the table,
+folds a micro-batch and encodes it once (:meth:`UserState.to_bytes`, a compact binary layout).
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import hashlib
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 _REBASE_EXPONENT = 60.0  # 2**60 ~ 1e18: rebase well before float64 trouble
+KINDS = ("view", "purchase")
 
 
 @dataclass(frozen=True)
@@ -38,154 +50,148 @@ class DecayConfig:
         )
 
 
+def event_hash(event_id: str) -> int:
+    """64-bit hash of an event id (the dedupe window keeps these, not the ids)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass
+class ItemStat:
+    """One item in a user's state."""
+
+    vw: float = 0.0  # decayed kind-weighted count (the item's weight in the user vector)
+    rep: float = 0.0  # decayed count of purchases (repurchase signal)
+    bought_ts: float | None = None  # newest purchase time, None if never bought
+    touched_ts: float = 0.0  # newest event time on the item (eviction order)
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     item_id: str
     kind: str
     ts: float
-    event_id: str = ""
+    event_hash: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class UserState:
     user_id: str
-    acc: np.ndarray | None = None  # float64, decayed weighted sum of item vectors
     wsum: float = 0.0
     ref_ts: float = 0.0
     last_ts: float = 0.0  # newest event time folded
     n_events: int = 0
-    history: tuple[HistoryEntry, ...] = ()  # newest last
-    seen: tuple[str, ...] = ()  # distinct items, oldest first
-    purchased: tuple[str, ...] = ()
-    offsets: Mapping[int, int] = field(default_factory=dict)  # partition -> last offset folded
-    # repurchase signal: item -> sum over its purchases of 2**((t - ref_ts) / half_life)
-    rep: Mapping[str, float] = field(default_factory=dict)
-    last_purchase: Mapping[str, float] = field(default_factory=dict)  # item -> newest ts
+    items: dict[str, ItemStat] = field(default_factory=dict)  # insertion order: first touch
+    history: list[HistoryEntry] = field(default_factory=list)  # newest last
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> last offset folded
+
+    # -- views used by the rankers ----------------------------------------------------------
+    @property
+    def purchased(self) -> list[str]:
+        return [i for i, st in self.items.items() if st.bought_ts is not None]
 
     @property
-    def vector(self) -> np.ndarray | None:
-        """The decayed weighted mean (float64), or None with no weight yet."""
-        if self.acc is None or self.wsum <= 0:
-            return None
-        return self.acc / self.wsum
+    def rep(self) -> dict[str, float]:
+        return {i: st.rep for i, st in self.items.items() if st.bought_ts is not None}
+
+    @property
+    def last_purchase(self) -> dict[str, float]:
+        return {i: st.bought_ts for i, st in self.items.items() if st.bought_ts is not None}
 
     def already_folded(self, partition: int, offset: int, event_id: str = "") -> bool:
         """True for a redelivered input (offset already folded) or a repeated event id."""
         last = self.offsets.get(partition)
         if last is not None and offset <= last:
             return True
-        return bool(event_id) and any(h.event_id == event_id for h in self.history)
+        if not event_id:
+            return False
+        h = event_hash(event_id)
+        return any(e.event_hash == h for e in self.history)
+
+    def same_day_basket(self, day: int, day_of) -> set[str]:
+        """Items whose newest purchase falls in bucket ``day`` (``day_of(ts) -> bucket``)."""
+        items = self.items.items()
+        return {i for i, st in items if st.bought_ts is not None and day_of(st.bought_ts) == day}
+
+    # -- the fold ---------------------------------------------------------------------------
+    def fold(
+        self,
+        *,
+        item_id: str,
+        kind: str,
+        ts: float,
+        config: DecayConfig,
+        history_len: int = 50,
+        max_seen: int = 1000,
+        partition: int | None = None,
+        offset: int | None = None,
+        event_id: str = "",
+    ) -> None:
+        """Fold one event into this state (in place)."""
+        weight = float(config.kind_weights.get(kind, 0.0))
+        if self.n_events == 0:
+            self.ref_ts = ts
+        exponent = (ts - self.ref_ts) / config.half_life_s
+        if exponent > _REBASE_EXPONENT:
+            # Move the reference forward to ts: scale old terms down instead of the new one up.
+            scale = math.pow(2.0, -exponent)
+            for st in self.items.values():
+                st.vw *= scale
+                st.rep *= scale
+            self.wsum *= scale
+            self.ref_ts, exponent = ts, 0.0
+        decay = math.pow(2.0, exponent)
+        st = self.items.get(item_id)
+        if st is None:
+            st = self.items[item_id] = ItemStat(touched_ts=ts)
+        st.touched_ts = max(st.touched_ts, ts)
+        if weight > 0:
+            st.vw += weight * decay
+            self.wsum += weight * decay
+        if kind == "purchase":
+            st.rep += decay
+            st.bought_ts = ts if st.bought_ts is None else max(st.bought_ts, ts)
+        if len(self.items) > max_seen:  # forget the item touched longest ago
+            oldest = min(self.items, key=lambda i: (self.items[i].touched_ts, i))
+            self.wsum = max(0.0, self.wsum - self.items.pop(oldest).vw)
+        h = event_hash(event_id) if event_id else 0
+        self.history.append(HistoryEntry(item_id, kind, ts, h))
+        if len(self.history) > history_len:
+            del self.history[: len(self.history) - history_len]
+        if partition is not None and offset is not None:
+            self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
+        self.last_ts = ts if self.n_events == 0 else max(self.last_ts, ts)
+        self.n_events += 1
 
     # -- serialisation (Faust table values are raw bytes) ------------------------------------
     def to_bytes(self) -> bytes:
-        doc = {
-            "user_id": self.user_id,
-            "acc": None
-            if self.acc is None
-            else base64.b64encode(self.acc.astype("<f8").tobytes()).decode(),
-            "wsum": self.wsum,
-            "ref_ts": self.ref_ts,
-            "last_ts": self.last_ts,
-            "n_events": self.n_events,
-            "history": [[h.item_id, h.kind, h.ts, h.event_id] for h in self.history],
-            "seen": list(self.seen),
-            "purchased": list(self.purchased),
-            "offsets": {str(p): o for p, o in self.offsets.items()},
-            "rep": self.rep,
-            "last_purchase": self.last_purchase,
-        }
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return encode_state(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
-        doc = json.loads(raw)
-        acc = doc.get("acc")
-        return cls(
-            user_id=doc["user_id"],
-            acc=None if acc is None else np.frombuffer(base64.b64decode(acc), dtype="<f8").copy(),
-            wsum=doc["wsum"],
-            ref_ts=doc["ref_ts"],
-            last_ts=doc["last_ts"],
-            n_events=doc["n_events"],
-            history=tuple(HistoryEntry(*h) for h in doc["history"]),
-            seen=tuple(doc["seen"]),
-            purchased=tuple(doc["purchased"]),
-            offsets={int(p): o for p, o in doc["offsets"].items()},
-            rep=doc.get("rep", {}),
-            last_purchase=doc.get("last_purchase", {}),
-        )
+        return decode_state(raw)
 
 
-def _append_distinct(items: tuple[str, ...], item_id: str, cap: int) -> tuple[str, ...]:
-    if item_id in items:
-        return items
-    out = items + (item_id,)
-    return out[-cap:] if len(out) > cap else out
+class VectorSource(Protocol):
+    """What :func:`user_vector` needs of the catalogue (streams.catalogue.Catalogue)."""
+
+    def indices(self, item_ids: Iterable[str]) -> tuple[list[str], np.ndarray]: ...
+
+    def rows(self, idx: np.ndarray) -> np.ndarray: ...
 
 
-def fold_event(
-    state: UserState,
-    *,
-    item_id: str,
-    kind: str,
-    ts: float,
-    vector: np.ndarray,
-    config: DecayConfig,
-    history_len: int = 50,
-    max_seen: int = 1000,
-    partition: int | None = None,
-    offset: int | None = None,
-    event_id: str = "",
-) -> UserState:
-    """Fold one event into the user's state and return the new state (the input is unchanged)."""
-    weight = float(config.kind_weights.get(kind, 0.0))
-    acc, wsum, ref_ts = state.acc, state.wsum, state.ref_ts
-    rep = dict(state.rep)
-    if state.n_events == 0:
-        ref_ts = ts
-    exponent = (ts - ref_ts) / config.half_life_s
-    if exponent > _REBASE_EXPONENT:
-        # Move the reference forward to ts: scale old terms down instead of the new one up.
-        scale = math.pow(2.0, -exponent)
-        acc = None if acc is None else acc * scale
-        wsum, ref_ts, exponent = wsum * scale, ts, 0.0
-        rep = {i: r * scale for i, r in rep.items()}
-    w = weight * math.pow(2.0, exponent)
-    last_purchase = state.last_purchase
-    if kind == "purchase":
-        rep[item_id] = rep.get(item_id, 0.0) + math.pow(2.0, exponent)
-        last_purchase = dict(last_purchase)
-        last_purchase[item_id] = max(ts, last_purchase.get(item_id, ts))
-        if len(last_purchase) > max_seen:  # forget the item bought longest ago
-            oldest = min(last_purchase, key=lambda i: (last_purchase[i], i))
-            del last_purchase[oldest]
-            rep.pop(oldest, None)
-    v = np.asarray(vector, dtype=np.float64)
-    if weight > 0:
-        acc = v * w if acc is None else acc + v * w
-        wsum = wsum + w
-    history = state.history + (HistoryEntry(item_id, kind, ts, event_id),)
-    offsets = dict(state.offsets)
-    if partition is not None and offset is not None:
-        offsets[partition] = max(offset, offsets.get(partition, -1))
-    return replace(
-        state,
-        acc=acc,
-        wsum=wsum,
-        ref_ts=ref_ts,
-        last_ts=max(state.last_ts, ts),
-        n_events=state.n_events + 1,
-        history=history[-history_len:],
-        seen=_append_distinct(state.seen, item_id, max_seen),
-        purchased=(
-            _append_distinct(state.purchased, item_id, max_seen)
-            if kind == "purchase"
-            else state.purchased
-        ),
-        offsets=offsets,
-        rep=rep,
-        last_purchase=last_purchase,
-    )
+def user_vector(state: UserState, catalogue: VectorSource) -> np.ndarray | None:
+    """The decayed weighted mean of the user's item vectors (float64), or None without weight.
+
+    Items missing from the catalogue (not embedded) are left out of the mean.
+    """
+    ids, idx = catalogue.indices(i for i, st in state.items.items() if st.vw > 0)
+    if not ids:
+        return None
+    w = np.fromiter((state.items[i].vw for i in ids), dtype=np.float64, count=len(ids))
+    total = float(w.sum())
+    if total <= 0:
+        return None
+    return (w @ catalogue.rows(idx).astype(np.float64)) / total
 
 
 def excluded_items(state: UserState, policy: str) -> frozenset[str]:
@@ -195,5 +201,109 @@ def excluded_items(state: UserState, policy: str) -> frozenset[str]:
     if policy == "purchased":
         return frozenset(state.purchased)
     if policy == "seen":
-        return frozenset(state.seen)
+        return frozenset(state.items)
     raise ValueError(f"unknown exclusion policy {policy!r}")
+
+
+# -- binary layout ----------------------------------------------------------------------------
+# header: version u8, n_events u32, wsum f64, ref_ts f64, last_ts f64, user id (u16 len + utf-8)
+# offsets: u8 count, then (u16 partition, i64 offset)
+# items: u32 count, then (u8 id len + utf-8, u8 flags, f64 vw, f64 touched_ts
+#        [, f64 rep, f64 bought_ts if bought])
+# history: u16 count, then (u32 item index into items or 0xFFFFFFFF + u8 len + id, u8 kind,
+#          f64 ts, u64 event hash)
+_VERSION = 2
+_HEAD = struct.Struct("<BIdddH")
+_OFFSET = struct.Struct("<Hq")
+_ITEM = struct.Struct("<Bdd")
+_BOUGHT = struct.Struct("<dd")
+_HIST = struct.Struct("<IBdQ")
+_INLINE = 0xFFFFFFFF
+_BOUGHT_FLAG = 1
+
+
+def _id_bytes(item_id: str) -> bytes:
+    raw = item_id.encode()
+    if len(raw) > 255:
+        raise ValueError(f"item id longer than 255 bytes: {item_id[:40]!r}...")
+    return bytes((len(raw),)) + raw
+
+
+def encode_state(s: UserState) -> bytes:
+    uid = s.user_id.encode()
+    out = [_HEAD.pack(_VERSION, s.n_events, s.wsum, s.ref_ts, s.last_ts, len(uid)), uid]
+    out.append(bytes((len(s.offsets),)))
+    out.extend(_OFFSET.pack(p, o) for p, o in sorted(s.offsets.items()))
+    out.append(struct.pack("<I", len(s.items)))
+    pos: dict[str, int] = {}
+    for n, (item_id, st) in enumerate(s.items.items()):
+        pos[item_id] = n
+        bought = st.bought_ts is not None
+        out.append(_id_bytes(item_id))
+        out.append(_ITEM.pack(_BOUGHT_FLAG if bought else 0, st.vw, st.touched_ts))
+        if bought:
+            out.append(_BOUGHT.pack(st.rep, st.bought_ts))
+    out.append(struct.pack("<H", len(s.history)))
+    for h in s.history:
+        ref = pos.get(h.item_id, _INLINE)
+        out.append(_HIST.pack(ref, KINDS.index(h.kind), h.ts, h.event_hash))
+        if ref == _INLINE:
+            out.append(_id_bytes(h.item_id))
+    return b"".join(out)
+
+
+def decode_state(raw: bytes) -> UserState:
+    view = memoryview(raw)
+    version, n_events, wsum, ref_ts, last_ts, uid_len = _HEAD.unpack_from(view, 0)
+    if version != _VERSION:
+        raise ValueError(f"user state version {version}, expected {_VERSION}")
+    at = _HEAD.size
+    user_id = bytes(view[at : at + uid_len]).decode()
+    at += uid_len
+    offsets = {}
+    for _ in range(view[at]):
+        p, o = _OFFSET.unpack_from(view, at + 1)
+        offsets[p] = o
+        at += _OFFSET.size
+    at += 1
+    (n_items,) = struct.unpack_from("<I", view, at)
+    at += 4
+    items: dict[str, ItemStat] = {}
+    ids: list[str] = []
+    for _ in range(n_items):
+        n = view[at]
+        item_id = bytes(view[at + 1 : at + 1 + n]).decode()
+        at += 1 + n
+        flags, vw, touched = _ITEM.unpack_from(view, at)
+        at += _ITEM.size
+        st = ItemStat(vw=vw, touched_ts=touched)
+        if flags & _BOUGHT_FLAG:
+            st.rep, st.bought_ts = _BOUGHT.unpack_from(view, at)
+            at += _BOUGHT.size
+        items[item_id] = st
+        ids.append(item_id)
+    (n_hist,) = struct.unpack_from("<H", view, at)
+    at += 2
+    history = []
+    for _ in range(n_hist):
+        ref, kind, ts, h = _HIST.unpack_from(view, at)
+        at += _HIST.size
+        if ref == _INLINE:
+            n = view[at]
+            item_id = bytes(view[at + 1 : at + 1 + n]).decode()
+            at += 1 + n
+        else:
+            item_id = ids[ref]
+        history.append(HistoryEntry(item_id, KINDS[kind], ts, h))
+    if at != len(raw):
+        raise ValueError(f"user state: {len(raw) - at} trailing bytes")
+    return UserState(
+        user_id=user_id,
+        wsum=wsum,
+        ref_ts=ref_ts,
+        last_ts=last_ts,
+        n_events=n_events,
+        items=items,
+        history=history,
+        offsets=offsets,
+    )

@@ -3,8 +3,10 @@
 A clock mark (:class:`~streams.events.Tick`) on either input goes to every user-events
 partition, behind the events already forwarded there.
 
-It fixes the order in which a user's events are folded (the user-events partition order), so a
-replay can be checked against an independent computation over the same order.
+Records are taken in micro-batches (``batch_max``, ``batch_within_s``); an item is known when the
+worker's catalogue mirror holds it. It fixes the order in which a user's events are folded (the
+user-events partition order), so a replay can be checked against an independent computation over
+the same order.
 """
 
 from __future__ import annotations
@@ -40,25 +42,26 @@ def parse_input(raw: bytes, kind: str) -> Interaction | Tick:
 
 
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
-    purchases_topic = rt.settings.topics.full("purchases")
+    s = rt.settings
+    purchases_topic = s.topics.full("purchases")
 
     @app.agent(topics.interactions, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for ev in stream.events():
-            msg = ev.message
-            kind = "purchase" if msg.topic == purchases_topic else "view"
-            try:
-                event = parse_input(ev.value, kind)
-            except (ValidationError, ValueError, UnicodeDecodeError) as exc:
-                await dead.send(describe(exc), ev.value, message=msg, stage="ingest")
-                continue
-            if isinstance(event, Tick):
-                for partition in range(rt.settings.partitions):
-                    await topics.user_events.send(value=event.to_bytes(), partition=partition)
-                continue
-            if not await rt.in_store(rt.store.contains, event.item_id):
-                await dead.send(
-                    f"unknown item_id {event.item_id!r}", ev.value, message=msg, stage="ingest"
-                )
-                continue
-            await topics.user_events.send(key=event.user_id.encode(), value=event.to_bytes())
+        async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+            for ev in batch:
+                msg = ev.message
+                kind = "purchase" if msg.topic == purchases_topic else "view"
+                try:
+                    event = parse_input(ev.value, kind)
+                except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+                    await dead.send(describe(exc), ev.value, message=msg, stage="ingest")
+                    continue
+                if isinstance(event, Tick):
+                    for partition in range(s.partitions):
+                        await topics.user_events.send(value=event.to_bytes(), partition=partition)
+                    continue
+                if event.item_id not in rt.catalogue:  # the worker's mirror of the item index
+                    reason = f"unknown item_id {event.item_id!r}"
+                    await dead.send(reason, ev.value, message=msg, stage="ingest")
+                    continue
+                await topics.user_events.send(key=event.user_id.encode(), value=event.to_bytes())

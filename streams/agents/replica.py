@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 import faust
-import numpy as np
 
 from streams.events import ItemEmbedding
 from streams.runtime import Runtime
@@ -52,8 +51,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
                             log.warning("replica: bad item-embeddings record: %s", exc)
                             continue
                         vec = emb.vector
-                        have = rt.vectors.get(emb.item_id)
-                        if have is not None and np.array_equal(have, vec):
+                        if rt.catalogue.same_vector(emb.item_id, vec):
                             continue
                         vectors = {"image": vec}
                         if emb.text_vector_b64 and "text" in rt.store.vector_dims:
@@ -63,8 +61,8 @@ def register(app: faust.App, topics: Topics, rt: Runtime) -> None:
                     await rt.in_store(rt.store.upsert, [it for it, _ in items])
                     for _, emb in items:
                         rt.remember(emb.item_id, emb.vector, emb.payload)
-                if not batch and len(rt.vectors) != reported:
-                    reported = len(rt.vectors)
+                if not batch and len(rt.catalogue) != reported:
+                    reported = len(rt.catalogue)
                     log.info("replica caught up: %d items", reported)
         finally:
             await consumer.stop()

@@ -1,40 +1,75 @@
-"""Item-item co-purchase counts, maintained per event (pure).
+"""Item-item co-purchase counts, maintained per event, bounded per item (pure).
 
 ``co(i, j)`` counts the (customer, day) baskets holding both ``i`` and ``j``: when a customer buys
 ``b`` and the same day's basket already holds other items ``a`` (and not ``b``), each pair gets
 one more count, symmetrically.
+
+Each item's row keeps at most ``max_neighbours`` entries: after an increment, entries past the
+first ``max_neighbours`` in the order (count desc, then item id) are dropped and their counts
+forgotten. The rankers read only the head of a row (``cf_per_seed``), so a bound well above it
+keeps the lists while the state per item stays fixed. Storage is one cell per (item, neighbour):
+an increment writes a few bytes, not the whole row.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 
 
 class CoPurchase:
-    def __init__(self) -> None:
+    def __init__(self, max_neighbours: int = 200) -> None:
+        self.max_neighbours = max_neighbours
         self.counts: dict[str, dict[str, int]] = defaultdict(dict)
+        self._sorted: dict[str, list[tuple[str, int]]] = {}  # row -> neighbours in rank order
 
-    def add_basket_item(self, item: str, basket: Iterable[str]) -> list[str]:
-        """Count ``item`` joining a basket of other items; returns the rows that changed."""
-        others = {a for a in basket if a != item}
-        if not others:
-            return []
-        row = self.counts[item]
+    def add_basket_item(
+        self, item: str, basket: Iterable[str]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Count ``item`` joining a basket of other items.
+
+        Returns the cells (row, neighbour) whose count changed and those dropped by the bound.
+        """
+        others = sorted({a for a in basket if a != item})
+        changed: list[tuple[str, str]] = []
+        dropped: list[tuple[str, str]] = []
         for a in others:
-            row[a] = row.get(a, 0) + 1
-            other = self.counts[a]
-            other[item] = other.get(item, 0) + 1
-        return [item, *sorted(others)]
+            for row_id, other in ((item, a), (a, item)):
+                row = self.counts[row_id]
+                row[other] = row.get(other, 0) + 1
+                self._sorted.pop(row_id, None)
+                changed.append((row_id, other))
+                if len(row) > self.max_neighbours:
+                    for j in self._trim(row_id):
+                        dropped.append((row_id, j))
+        if dropped:
+            gone = set(dropped)
+            changed = [c for c in changed if c not in gone]
+        return changed, dropped
+
+    def _trim(self, row_id: str) -> list[str]:
+        row = self.counts[row_id]
+        ranked = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))
+        gone = [j for j, _ in ranked[self.max_neighbours :]]
+        for j in gone:
+            del row[j]
+        return gone
+
+    def count(self, item: str, other: str) -> int:
+        return self.counts.get(item, {}).get(other, 0)
 
     def row(self, item: str) -> Mapping[str, int]:
         return self.counts.get(item, {})
 
     def neighbours(self, item: str, n: int) -> list[tuple[str, int]]:
         """The n items most often bought with ``item`` (count desc, then id)."""
-        row = self.counts.get(item, {})
-        return heapq.nsmallest(n, row.items(), key=lambda kv: (-kv[1], kv[0]))
+        ranked = self._sorted.get(item)
+        if ranked is None:
+            row = self.counts.get(item)
+            if not row:
+                return []
+            ranked = self._sorted[item] = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ranked[:n]
 
     def scores(self, seeds: Mapping[str, float], per_seed: int = 50) -> dict[str, float]:
         """``cf_j = sum_i w_i * co(i, j)`` over seed items ``i`` with weights ``w_i``."""
@@ -44,8 +79,11 @@ class CoPurchase:
                 out[j] += w * c
         return dict(out)
 
-    def cells(self) -> Iterator[tuple[str, dict[str, int]]]:
-        yield from self.counts.items()
+    def cells(self) -> Iterator[tuple[str, str, int]]:
+        for item, row in self.counts.items():
+            for other, c in row.items():
+                yield item, other, c
 
-    def load_row(self, item: str, row: Mapping[str, int]) -> None:
-        self.counts[item] = dict(row)
+    def load_cell(self, item: str, other: str, count: int) -> None:
+        self.counts[item][other] = count
+        self._sorted.pop(item, None)

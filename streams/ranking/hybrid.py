@@ -16,11 +16,15 @@ colours people buy right now).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from streams.ranking.visual import Scored
 
+# the reason rule's order: the largest contribution wins, ties to the later name
+_SIGNALS = ("cf", "pop", "rep", "sib", "vis")
 REASONS = {
     "rep": "bought before",
     "sib": "same product",
@@ -54,9 +58,15 @@ class HybridWeights:
         )
 
 
-def _scaled(signal: Mapping[str, float]) -> dict[str, float]:
+def _column(signal: Mapping[str, float], ids: Sequence[str]) -> np.ndarray:
+    get = signal.get
+    return np.fromiter((get(j, 0.0) for j in ids), dtype=np.float64, count=len(ids))
+
+
+def _scaled(signal: Mapping[str, float], ids: Sequence[str]) -> np.ndarray:
+    """The signal over ``ids`` divided by its maximum over the whole signal (0 when empty)."""
     top = max(signal.values(), default=0.0)
-    return {i: v / top for i, v in signal.items()} if top > 0 else {}
+    return _column(signal, ids) / top if top > 0 else np.zeros(len(ids))
 
 
 def price_weighted(
@@ -113,22 +123,29 @@ def hybrid_rank(
     k: int,
     exclude: Collection[str] = (),
 ) -> list[Scored]:
-    """Top-k candidates by the blended score; each item's reason is its largest contribution."""
-    rep_s, sib_s, cf_s = _scaled(rep), _scaled(sib), _scaled(cf)
+    """Top-k candidates by the blended score (score desc, then item id); each item's reason is
+    its largest contribution (on a tie, the later signal name).
+
+    ``rep``, ``sib`` and ``cf`` are scaled by their maximum, popularity by ``log1p`` of the
+    largest ``pop`` value given. The blend is computed for all candidates at once.
+    """
+    ids = sorted(set(candidates).difference(exclude))  # id order: equal scores by item id
+    if not ids or k <= 0:
+        return []
     pop_max = max(pop.values(), default=0.0)
     pop_den = math.log1p(pop_max) if pop_max > 0 else 1.0
-    scored = []
-    for j in set(candidates):
-        if j in exclude:
-            continue
-        parts = {
-            "rep": weights.rep * rep_s.get(j, 0.0),
-            "sib": weights.sib * sib_s.get(j, 0.0),
-            "cf": weights.cf * cf_s.get(j, 0.0),
-            "vis": weights.vis * vis.get(j, 0.0),
-            "pop": weights.pop * math.log1p(pop.get(j, 0.0)) / pop_den,
-        }
-        reason = max(parts, key=lambda name: (parts[name], name))
-        scored.append(Scored(j, sum(parts.values()), REASONS[reason]))
-    scored.sort(key=lambda s: (-s.score, s.item_id))
-    return scored[:k]
+    parts = {
+        "rep": weights.rep * _scaled(rep, ids),
+        "sib": weights.sib * _scaled(sib, ids),
+        "cf": weights.cf * _scaled(cf, ids),
+        "vis": weights.vis * _column(vis, ids),
+        "pop": weights.pop * np.log1p(_column(pop, ids)) / pop_den,
+    }
+    total = parts["rep"] + parts["sib"] + parts["cf"] + parts["vis"] + parts["pop"]
+    top = np.argsort(-total, kind="stable")[:k]
+    by_signal = np.stack([parts[name][top] for name in _SIGNALS])  # (5, k)
+    reason_at = len(_SIGNALS) - 1 - np.argmax(by_signal[::-1], axis=0)
+    return [
+        Scored(ids[j], float(total[j]), REASONS[_SIGNALS[r]])
+        for j, r in zip(top.tolist(), reason_at.tolist())
+    ]

@@ -3,14 +3,21 @@
 Counts are integers per (time bucket, item, kind), so adding and expiring never drifts; the score
 is ``sum(kind_weight * count)`` over the buckets inside the window ending at the newest bucket seen.
 Events older than the window are ignored (they could not change the list).
+
+The order of the items by score is kept up to date as counts change (a sorted list keyed by
+``(-score, item)``), so the top-N costs O(N) and a count change O(log items): nothing scans the
+window per event or per user. Expiry (when the newest bucket moves on) re-scores only the items
+of the buckets that fall out.
 """
 
 from __future__ import annotations
 
-import heapq
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping
+
+from sortedcontainers import SortedList
 
 
 class Trending:
@@ -25,6 +32,8 @@ class Trending:
         self.buckets: dict[int, dict[str, list[int]]] = {}
         # item -> [count per kind] over the window
         self.totals: dict[str, list[int]] = defaultdict(lambda: [0] * len(self.kinds))
+        self._score: dict[str, float] = {}  # item -> score, items with a positive score only
+        self._order = SortedList()  # (-score, item) of the items in _score
 
     def bucket_of(self, ts: float) -> int:
         return int(ts // self.bucket_s)
@@ -58,6 +67,7 @@ class Trending:
         counts = self.buckets.setdefault(bucket, {}).setdefault(item_id, [0] * len(self.kinds))
         counts[k] += count
         self.totals[item_id][k] += count
+        self._rescore(item_id)
         return bucket, expired
 
     def counts(self, bucket: int, item_id: str) -> list[int]:
@@ -74,19 +84,40 @@ class Trending:
                     total[k] -= c
                 if not any(total):
                     del self.totals[item_id]
+                self._rescore(item_id)
         return expired
 
-    def score(self, item_id: str) -> float:
-        counts = self.totals.get(item_id)
-        if not counts:
-            return 0.0
+    def _weighted(self, counts: list[int]) -> float:
         return float(sum(self.weights[k] * c for k, c in zip(self.kinds, counts)))
+
+    def _rescore(self, item_id: str) -> None:
+        """Move the item to its place in the order after its totals changed."""
+        old = self._score.get(item_id)
+        counts = self.totals.get(item_id)
+        new = self._weighted(counts) if counts else 0.0
+        if old == new:
+            return
+        if old is not None:
+            self._order.remove((-old, item_id))
+            del self._score[item_id]
+        if new > 0:
+            self._score[item_id] = new
+            self._order.add((-new, item_id))
+
+    def score(self, item_id: str) -> float:
+        return self._score.get(item_id, 0.0)
+
+    @property
+    def max_score(self) -> float:
+        """The highest score in the window (0 when empty)."""
+        return -self._order[0][0] if self._order else 0.0
 
     def top(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """The k most popular items in the window: score desc, then item id."""
-        scored = ((self.score(i), i) for i in self.totals if i not in exclude)
-        best = heapq.nsmallest(k, ((-s, i) for s, i in scored if s > 0))
-        return [(i, -neg) for neg, i in best]
+        if k <= 0:
+            return []
+        kept = ((i, -neg) for neg, i in self._order if i not in exclude)
+        return list(itertools.islice(kept, k))
 
     def cells(self) -> Iterator[tuple[int, str, list[int]]]:
         """All (bucket, item, counts) cells held, for persistence."""
@@ -105,3 +136,4 @@ class Trending:
         for k, c in enumerate(counts):
             total[k] += c - cell[k]
             cell[k] = c
+        self._rescore(item_id)

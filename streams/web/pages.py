@@ -143,7 +143,7 @@ async function refreshUser() {
   try {
     const data = await getJSON(config.api);
     const sig = JSON.stringify([data.items.map(i => [i.item_id, fmtScore(i.score), i.reason_text]),
-                                data.history.map(h => h.event_id), data.n_events]);
+                                data.history.map(h => [h.item_id, h.kind, h.ts]), data.n_events]);
     if (sig !== userSig) { renderUser(data); userSig = sig; }
     setStatus(`live · updated ${new Date().toLocaleTimeString()} · model ${data.model_id}`);
   } catch (e) {

@@ -13,7 +13,6 @@ import base64
 import binascii
 import hashlib
 import itertools
-import json
 import os
 import re
 import stat
@@ -31,8 +30,8 @@ from pydantic import ValidationError
 from streams.deadletters import describe
 from streams.events import ProductUpload
 from streams.ranking import Scored, Trending, top_trending
-from streams.recommend import rank_user
-from streams.tables import parse_trending_key
+from streams.ranking.copurchase import CoPurchase
+from streams.recommend import RankConfig, RankContext, rank_one
 from streams.userstate import HistoryEntry, UserState
 
 if TYPE_CHECKING:
@@ -258,18 +257,11 @@ class WebService:
 
     def trending(self, partition: int) -> Trending:
         """The trending counts of a user-events partition, without touching the agent's mirror."""
-        rt = self.rt
-        if rt.trending_loaded:
-            return rt.trending.get(partition) or rt.new_trending()
-        # The users agent rebuilds its mirror at its next event; meanwhile read the table.
-        tr = rt.new_trending()
-        for key, value in self.tables.trending.items():
-            if value is None:
-                continue
-            p, bucket, item_id = parse_trending_key(key)
-            if p == partition:
-                tr.load_cell(bucket, item_id, json.loads(value))
-        return tr
+        parts = self.rt.partitions
+        if parts.loaded:
+            return parts.trending(partition)
+        # The users agent rebuilds its mirror at its next batch; meanwhile read the table.
+        return parts.read_trending(self.tables.trending, partition)
 
     # -- users -------------------------------------------------------------------------------
     async def recommendations(self, user_id: str) -> dict[str, Any]:
@@ -282,13 +274,15 @@ class WebService:
         trending = self.trending(partition)
         ranked: list[Scored]
         if state is not None:
-            ranked, strategy = await rank_user(
-                state,
-                rt=self.rt,
+            parts = self.rt.partitions
+            copurchase = parts.get(partition).copurchase if parts.loaded else CoPurchase()
+            ctx = RankContext(
+                RankConfig.from_settings(s),
                 trending=trending,
-                copurchase=self.rt.copurchase_for(partition),
-                search=self._search,
+                copurchase=copurchase,
+                catalogue=self.rt.catalogue,
             )
+            ranked, strategy = await rank_one(state, ctx, self._search)
         else:
             ranked, strategy = top_trending(trending, s.top_k), "trending"
         history = list(reversed(state.history))[:HISTORY_SHOWN] if state is not None else []
@@ -327,7 +321,6 @@ class WebService:
                     **_item_fields(h.item_id, payloads.get(h.item_id)),
                     "kind": h.kind,
                     "ts": h.ts,
-                    "event_id": h.event_id,
                 }
                 for h in history
             ],

@@ -1,0 +1,277 @@
+"""The users agent's logic over one micro-batch of a user-events partition (pure, no Kafka).
+
+``fold_batch`` folds the batch's interactions, in offset order, into the users' states and the
+partition's shared state (trending counts, co-purchase counts, active days) and returns the new
+states and every table write; ``rank_batch`` then ranks each user who had events once, against
+the partition's state after the whole batch (:mod:`streams.recommend`), and returns the
+recommendation records. :func:`process_batch` does both (tests drive it directly). The agent in
+``streams/agents/users.py`` only reads and writes tables and topics around these functions.
+
+A redelivered record (offset already folded) or a repeated event id is skipped; a record that
+cannot be used (bad JSON, unknown item) becomes a dead letter and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from streams.catalogue import Catalogue
+from streams.dayclose import ActiveDays
+from streams.events import Interaction, Recommendation, Tick, is_tick
+from streams.ranking import Trending
+from streams.ranking.copurchase import CoPurchase
+from streams.recommend import (
+    Candidates,
+    RankConfig,
+    RankContext,
+    rank_states,
+    to_record,
+    visual_queries,
+)
+from streams.settings import Settings
+from streams.tables import active_key, copurchase_key, trending_key
+from streams.userstate import DecayConfig, UserState
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One user-events record as the agent read it."""
+
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class FoldConfig:
+    """The folding settings, read once from :class:`Settings`."""
+
+    decay: DecayConfig
+    history_len: int
+    max_seen: int
+    window_s: float
+    distinct_buyers: bool
+    channel_weights: Mapping[int, int]
+    copurchase: bool  # co-purchase counts are kept for the hybrid ranker only
+    day_close: bool
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> FoldConfig:
+        return cls(
+            decay=DecayConfig.from_settings(s),
+            history_len=s.history_len,
+            max_seen=s.max_seen,
+            window_s=s.trending_window_days * 86_400.0,
+            distinct_buyers=s.trending_distinct_buyers,
+            channel_weights=dict(s.trending_channel_weights),
+            copurchase=s.ranker == "hybrid",
+            day_close=s.day_close_refresh,
+        )
+
+
+@dataclass
+class PartitionState:
+    """The shared state of one user-events partition, mirrored from its tables."""
+
+    trending: Trending
+    copurchase: CoPurchase
+    active: ActiveDays = field(default_factory=ActiveDays)
+
+
+@dataclass
+class TableWrites:
+    """Table key -> new value (None: delete); the last write of a key in a batch wins."""
+
+    users: dict[bytes, bytes] = field(default_factory=dict)
+    trending: dict[bytes, bytes | None] = field(default_factory=dict)
+    copurchase: dict[bytes, bytes | None] = field(default_factory=dict)
+    active: dict[bytes, bytes | None] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.users) + len(self.trending) + len(self.copurchase) + len(self.active)
+
+
+@dataclass
+class Folded:
+    partition: int
+    states: dict[str, UserState]  # users whose state changed, after the batch
+    last_event: dict[str, Interaction]  # each of them: the newest event folded
+    writes: TableWrites
+    dead: list[tuple[str, InputRecord]]  # (reason, record)
+    as_of: int | None  # offset of the batch's last record
+
+
+def popularity_count(state: UserState, event: Interaction, cfg: FoldConfig) -> int:
+    """How much an event adds to popularity: 0 for a repeat purchase of the same item inside
+    the window (distinct buyers), else the sales channel's weight (1 by default)."""
+    if event.kind == "purchase" and cfg.distinct_buyers:
+        st = state.items.get(event.item_id)
+        previous = None if st is None else st.bought_ts
+        if previous is not None and event.ts - previous < cfg.window_s:
+            return 0
+    return cfg.channel_weights.get(event.channel, 1) if event.channel else 1
+
+
+def parse_user_event(raw: bytes) -> Interaction | Tick:
+    doc = json.loads(raw)
+    if is_tick(doc):
+        return Tick.model_validate(doc)
+    return Interaction.model_validate(doc)
+
+
+def fold_batch(
+    records: Sequence[InputRecord],
+    *,
+    partition: int,
+    part: PartitionState,
+    users: Callable[[str], bytes | None],
+    catalogue: Catalogue,
+    cfg: FoldConfig,
+) -> Folded:
+    """Fold a batch of one partition's interactions (no clock marks: the agent splits at them).
+
+    ``users(user_id)`` gives a user's stored state bytes (None for a new user). ``part`` is
+    updated in place; the returned writes make the tables say the same.
+    """
+    writes = TableWrites()
+    states: dict[str, UserState] = {}
+    last_event: dict[str, Interaction] = {}
+    dead: list[tuple[str, InputRecord]] = []
+    tr, co, active = part.trending, part.copurchase, part.active
+    for rec in records:
+        try:
+            event = parse_user_event(rec.value)
+            if isinstance(event, Tick):
+                raise ValueError("a clock mark inside a fold batch")
+        except ValueError as exc:  # user-events is internal; still never crash
+            dead.append((f"invalid user event: {exc}", rec))
+            continue
+        user_id = event.user_id
+        state = states.get(user_id)
+        if state is None:
+            raw = users(user_id)
+            state = UserState.from_bytes(raw) if raw else UserState(user_id)
+        if state.already_folded(rec.partition, rec.offset, event.event_id):
+            continue
+        if event.item_id not in catalogue:
+            dead.append((f"unknown item_id {event.item_id!r}", rec))
+            continue
+        if cfg.copurchase and event.kind == "purchase":
+            basket = state.same_day_basket(tr.bucket_of(event.ts), tr.bucket_of)
+            if event.item_id not in basket:
+                changed, dropped = co.add_basket_item(event.item_id, basket)
+                for a, b in changed:
+                    writes.copurchase[copurchase_key(partition, a, b)] = b"%d" % co.count(a, b)
+                for a, b in dropped:
+                    writes.copurchase[copurchase_key(partition, a, b)] = None
+        count = popularity_count(state, event, cfg)  # before the fold: needs the old state
+        state.fold(
+            item_id=event.item_id,
+            kind=event.kind,
+            ts=event.ts,
+            config=cfg.decay,
+            history_len=cfg.history_len,
+            max_seen=cfg.max_seen,
+            partition=rec.partition,
+            offset=rec.offset,
+            event_id=event.event_id,
+        )
+        states[user_id] = state
+        last_event[user_id] = event
+        if count:
+            bucket, expired = tr.add(event.item_id, event.kind, event.ts, count)
+        else:  # this customer's purchase of the item is already counted in the window
+            bucket, expired = None, []
+        if bucket is not None:
+            counts = tr.counts(bucket, event.item_id)
+            writes.trending[trending_key(partition, bucket, event.item_id)] = json.dumps(
+                counts
+            ).encode()
+        for old_bucket, item_id in expired:
+            writes.trending[trending_key(partition, old_bucket, item_id)] = None
+        if cfg.day_close:
+            day = tr.bucket_of(event.ts)
+            if tr.in_window(day) and active.add(partition, day, user_id):
+                writes.active[active_key(partition, day, user_id)] = b"1"
+            oldest = tr.oldest_bucket
+            if oldest is not None:  # forget days no mark closed in time
+                for old_day, old_user in active.expire(partition, oldest):
+                    writes.active[active_key(partition, old_day, old_user)] = None
+    for user_id, state in states.items():
+        writes.users[user_id.encode()] = state.to_bytes()
+    return Folded(
+        partition=partition,
+        states=states,
+        last_event=last_event,
+        writes=writes,
+        dead=dead,
+        as_of=records[-1].offset if records else None,
+    )
+
+
+def rank_batch(
+    folded: Folded,
+    ctx: RankContext,
+    *,
+    model_id: str,
+    candidates: Mapping[str, Candidates] | None = None,
+) -> list[Recommendation]:
+    """One recommendation per user of the batch, in the order of their newest events."""
+    ranked = rank_states(folded.states, ctx, candidates)
+    as_of = None if folded.as_of is None else (folded.partition, folded.as_of)
+    out = []
+    for user_id, event in folded.last_event.items():
+        items, strategy = ranked[user_id]
+        out.append(
+            to_record(
+                user_id,
+                items,
+                strategy,
+                model_id=model_id,
+                event_id=event.event_id,
+                event_ts=event.ts,
+                as_of=as_of,
+            )
+        )
+    return out
+
+
+def rank_context(part: PartitionState, catalogue: Catalogue, config: RankConfig) -> RankContext:
+    return RankContext(
+        config, trending=part.trending, copurchase=part.copurchase, catalogue=catalogue
+    )
+
+
+@dataclass
+class BatchResult:
+    folded: Folded
+    recommendations: list[Recommendation]
+
+
+def process_batch(
+    records: Sequence[InputRecord],
+    *,
+    partition: int,
+    part: PartitionState,
+    users: Callable[[str], bytes | None],
+    catalogue: Catalogue,
+    fold_cfg: FoldConfig,
+    rank_cfg: RankConfig,
+    model_id: str = "test",
+    search: Callable[..., Candidates] | None = None,
+) -> BatchResult:
+    """Fold and rank one batch synchronously; ``search(unit, limit, exclude)`` serves the
+    visual ranker's store queries."""
+    folded = fold_batch(
+        records, partition=partition, part=part, users=users, catalogue=catalogue, cfg=fold_cfg
+    )
+    ctx = rank_context(part, catalogue, rank_cfg)
+    candidates = None
+    if rank_cfg.ranker != "hybrid" and search is not None:
+        candidates = {
+            u: search(unit, 2 * rank_cfg.k, exclude)
+            for u, (unit, exclude) in visual_queries(folded.states, ctx).items()
+        }
+    return BatchResult(folded, rank_batch(folded, ctx, model_id=model_id, candidates=candidates))
