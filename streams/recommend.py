@@ -22,8 +22,8 @@ from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_tren
 from streams.ranking.copurchase import CoPurchase
 from streams.ranking.hybrid import (
     HybridWeights,
+    blend,
     boost_by_popularity,
-    hybrid_rank,
     price_weighted,
     sibling_scores,
 )
@@ -73,7 +73,9 @@ class RankConfig:
 class RankContext:
     """What the users of one partition share while a batch (or a slice of users) is ranked.
 
-    Built after the batch is folded; the trending head and maximum are read once here.
+    Built after the batch is folded: the trending head, its popularity and its unit vectors are
+    read once here, so each user's cosines with the head come from one matrix product for all
+    users (:meth:`head_cosines`).
     """
 
     def __init__(
@@ -88,15 +90,41 @@ class RankContext:
         self.trending = trending
         self.copurchase = copurchase
         self.catalogue = catalogue
-        self.head = trending.top(config.pop_candidates)
-        self.head_ids = [i for i, _ in self.head]
+        head = trending.top(config.pop_candidates)
+        self.head_ids = [i for i, _ in head]
+        self.head_pos = {i: n for n, i in enumerate(self.head_ids)}
+        self.head_pop = np.array([sc for _, sc in head], dtype=np.float64)
         self.pop_max = trending.max_score
+        self._head_unit = _unit_rows(self.head_ids, catalogue)  # (H, dim) float32
         self._popular = top_trending(trending, config.k)  # the fill list without exclusions
 
     def trending_list(self, exclude: Collection[str] = ()) -> list[Scored]:
         if not exclude:
             return list(self._popular)
         return top_trending(self.trending, self.config.k, exclude)
+
+    def head_cosines(self, vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """user -> cosine of their vector with each head item (0 for items without a vector)."""
+        if not vectors or not self.head_ids:
+            return {u: np.zeros(len(self.head_ids)) for u in vectors}
+        users = list(vectors)
+        mat = np.stack([vectors[u] for u in users]).astype(np.float64)
+        unit = (mat / np.linalg.norm(mat, axis=1, keepdims=True)).astype(np.float32)
+        cos = (unit @ self._head_unit.T).astype(np.float64)
+        return dict(zip(users, cos))
+
+
+def _unit_rows(ids: Sequence[str], cat: Catalogue) -> np.ndarray:
+    """Unit float32 vectors of ``ids`` (zero rows for items without a vector)."""
+    out = np.zeros((len(ids), cat.dim), dtype=np.float32)
+    index = cat.index_of
+    rows = np.fromiter((-1 if (r := index(j)) is None else r for j in ids), np.intp, len(ids))
+    have = rows >= 0
+    if have.any():
+        idx = rows[have]
+        norms = np.maximum(cat.norms(idx), 1e-12)
+        out[have] = cat.rows(idx) / norms[:, None].astype(np.float32)
+    return out
 
 
 def personalised(state: UserState, vector: np.ndarray | None, config: RankConfig) -> bool:
@@ -108,13 +136,23 @@ def personalised(state: UserState, vector: np.ndarray | None, config: RankConfig
     return vector is not None and float(np.linalg.norm(vector)) > 0
 
 
+def _vectors(states: Mapping[str, UserState], ctx: RankContext) -> dict[str, np.ndarray]:
+    """The users' vectors, for those who have one with a non-zero norm."""
+    out = {}
+    for user_id, state in states.items():
+        vec = user_vector(state, ctx.catalogue)
+        if vec is not None and np.linalg.norm(vec) > 0:
+            out[user_id] = vec
+    return out
+
+
 def visual_queries(
     states: Mapping[str, UserState], ctx: RankContext
 ) -> dict[str, tuple[np.ndarray, frozenset[str]]]:
     """For the visual ranker: user -> (unit float32 vector, excluded ids) to search the store."""
     out = {}
-    for user_id, state in states.items():
-        vec = user_vector(state, ctx.catalogue)
+    for user_id, vec in _vectors(states, ctx).items():
+        state = states[user_id]
         if personalised(state, vec, ctx.config):
             unit = (vec / np.linalg.norm(vec)).astype(np.float32)
             out[user_id] = (unit, excluded_items(state, ctx.config.exclude))
@@ -131,34 +169,39 @@ def rank_states(
     ``candidates`` (visual ranker only): the store's nearest neighbours per user, for the users
     :func:`visual_queries` returned.
     """
-    return {u: rank_state(s, ctx, (candidates or {}).get(u)) for u, s in states.items()}
-
-
-def rank_state(
-    state: UserState, ctx: RankContext, candidates: Candidates | None = None
-) -> tuple[list[Scored], str]:
     cfg = ctx.config
-    exclude = excluded_items(state, cfg.exclude)
-    vec = user_vector(state, ctx.catalogue)
-    if not personalised(state, vec, cfg):
-        return ctx.trending_list(exclude), "trending"
-    if cfg.ranker == "hybrid":
-        ranked, strategy = hybrid_list(state, vec, ctx, exclude), "hybrid"
-    else:
-        ranked = rank_by_similarity(vec, candidates or [], cfg.k, exclude)
-        strategy = "visual"
-    if len(ranked) < cfg.k:  # small catalogue or few candidates: fill with trending items
-        ranked = fill(ranked, ctx.trending_list(exclude), cfg.k)
-    return ranked, strategy
+    vectors = _vectors(states, ctx)
+    head_cos = ctx.head_cosines(vectors) if cfg.ranker == "hybrid" and cfg.weights.vis else {}
+    out = {}
+    for user_id, state in states.items():
+        vec = vectors.get(user_id)
+        exclude = excluded_items(state, cfg.exclude)
+        if not personalised(state, vec, cfg):
+            out[user_id] = ctx.trending_list(exclude), "trending"
+            continue
+        if cfg.ranker == "hybrid":
+            ranked = hybrid_list(state, vec, ctx, exclude, head_cos.get(user_id))
+            strategy = "hybrid"
+        else:
+            found = (candidates or {}).get(user_id) or []
+            ranked, strategy = rank_by_similarity(vec, found, cfg.k, exclude), "visual"
+        if len(ranked) < cfg.k:  # small catalogue or few candidates: fill with trending items
+            ranked = fill(ranked, ctx.trending_list(exclude), cfg.k)
+        out[user_id] = ranked, strategy
+    return out
 
 
 def hybrid_list(
-    state: UserState, vec: np.ndarray | None, ctx: RankContext, exclude: frozenset[str]
+    state: UserState,
+    vec: np.ndarray | None,
+    ctx: RankContext,
+    exclude: frozenset[str],
+    head_cos: np.ndarray | None = None,
 ) -> list[Scored]:
     """Repurchase + siblings + co-purchase + visual re-ranking + popularity (see ranking.hybrid).
 
-    Candidates: the user's purchases, their siblings, their co-purchase neighbours and the
-    trending head, each read from the shared context.
+    Candidates: the trending head (shared: its popularity and cosines come from the context)
+    followed by the user's own items -- purchases, their siblings, their co-purchase neighbours.
     """
     cfg, w, cat = ctx.config, ctx.config.weights, ctx.catalogue
     bought = state.last_purchase
@@ -171,39 +214,46 @@ def hybrid_list(
     rep = price_weighted(state.rep, cat.price_of, w.price_exponent)
     sib = sibling_scores(rep, cat.code_of, cat.members)
     score = ctx.trending.score
-    pop = {j: score(j) for j in {*rep, *sib, *cf, *ctx.head_ids}}
-    sib = boost_by_popularity(sib, pop, ctx.pop_max, w.sib_pop)
-    vis: dict[str, float] = {}
+    sib = boost_by_popularity(sib, {j: score(j) for j in sib}, ctx.pop_max, w.sib_pop)
+    head_pos, n_head = ctx.head_pos, len(ctx.head_ids)
+    extra = [j for j in dict.fromkeys([*rep, *sib, *cf]) if j not in head_pos]
+    ids = ctx.head_ids + extra
+    pos = {j: n_head + e for e, j in enumerate(extra)}
+
+    def column(signal: Mapping[str, float]) -> np.ndarray:
+        out = np.zeros(len(ids))
+        for j, v in signal.items():
+            out[head_pos[j] if j in head_pos else pos[j]] = v
+        return out
+
+    pop = np.concatenate([ctx.head_pop, np.fromiter(map(score, extra), np.float64, len(extra))])
     if w.vis and vec is not None:
-        ids = sorted(pop.keys() - exclude)
-        vis = dict(zip(ids, _cosines(vec, ids, cat).tolist()))
-    return hybrid_rank(
-        candidates=pop.keys(),
-        rep=rep,
-        sib=sib,
-        cf=cf,
+        head = head_cos if head_cos is not None else np.zeros(n_head)
+        vis = np.concatenate([head, _cosines(vec, extra, cat)])
+    else:
+        vis = np.zeros(len(ids))
+    keep = None
+    if exclude:
+        keep = np.fromiter((j not in exclude for j in ids), dtype=bool, count=len(ids))
+    return blend(
+        ids,
+        rep=column(rep),
+        sib=column(sib),
+        cf=column(cf),
         vis=vis,
         pop=pop,
         weights=w,
         k=cfg.k,
-        exclude=exclude,
+        keep=keep,
     )
 
 
 def _cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
     """Cosine of the user vector with each item's vector (0 for items without one)."""
-    out = np.zeros(len(ids))
-    norm = float(np.linalg.norm(vec))
-    if norm == 0:
-        return out
-    index = cat.index_of
-    rows = np.fromiter((-1 if (r := index(j)) is None else r for j in ids), np.intp, len(ids))
-    have = rows >= 0
-    if have.any():
-        idx = rows[have]
-        unit = (vec / norm).astype(np.float32)
-        out[have] = (cat.rows(idx) @ unit).astype(np.float64) / np.maximum(cat.norms(idx), 1e-12)
-    return out
+    if not ids:
+        return np.zeros(0)
+    unit = (vec / np.linalg.norm(vec)).astype(np.float32)
+    return (_unit_rows(ids, cat) @ unit).astype(np.float64)
 
 
 def to_record(
@@ -239,4 +289,6 @@ async def rank_one(
     if ctx.config.ranker != "hybrid" and query is not None:
         unit, exclude = query
         candidates = await search(unit, 2 * ctx.config.k, exclude)
-    return rank_state(state, ctx, candidates)
+    return rank_states({state.user_id: state}, ctx, {state.user_id: candidates or []})[
+        state.user_id
+    ]

@@ -63,12 +63,6 @@ def _column(signal: Mapping[str, float], ids: Sequence[str]) -> np.ndarray:
     return np.fromiter((get(j, 0.0) for j in ids), dtype=np.float64, count=len(ids))
 
 
-def _scaled(signal: Mapping[str, float], ids: Sequence[str]) -> np.ndarray:
-    """The signal over ``ids`` divided by its maximum over the whole signal (0 when empty)."""
-    top = max(signal.values(), default=0.0)
-    return _column(signal, ids) / top if top > 0 else np.zeros(len(ids))
-
-
 def price_weighted(
     rep: Mapping[str, float], price_of: Mapping[str, float], exponent: float
 ) -> dict[str, float]:
@@ -123,29 +117,72 @@ def hybrid_rank(
     k: int,
     exclude: Collection[str] = (),
 ) -> list[Scored]:
-    """Top-k candidates by the blended score (score desc, then item id); each item's reason is
-    its largest contribution (on a tie, the later signal name).
+    """Top-k candidates by the blended score (:func:`blend` over per-item mappings)."""
+    ids = list(dict.fromkeys(candidates))
+    keep = np.fromiter((j not in exclude for j in ids), dtype=bool, count=len(ids))
+    return blend(
+        ids,
+        rep=_column(rep, ids),
+        sib=_column(sib, ids),
+        cf=_column(cf, ids),
+        vis=_column(vis, ids),
+        pop=_column(pop, ids),
+        weights=weights,
+        k=k,
+        keep=keep,
+    )
 
-    ``rep``, ``sib`` and ``cf`` are scaled by their maximum, popularity by ``log1p`` of the
-    largest ``pop`` value given. The blend is computed for all candidates at once.
+
+def blend(
+    ids: Sequence[str],
+    *,
+    rep: np.ndarray,
+    sib: np.ndarray,
+    cf: np.ndarray,
+    vis: np.ndarray,
+    pop: np.ndarray,
+    weights: HybridWeights,
+    k: int,
+    keep: np.ndarray | None = None,
+) -> list[Scored]:
+    """The blend over candidate arrays aligned with ``ids``: the top-k kept candidates by score
+    desc, then item id; each item's reason is its largest contribution (on a tie, the later
+    signal name).
+
+    ``rep``, ``sib`` and ``cf`` are raw and scaled here by their maximum over all candidates
+    (excluded ones too), popularity by ``log1p`` of the largest ``pop``; ``vis`` is a cosine.
     """
-    ids = sorted(set(candidates).difference(exclude))  # id order: equal scores by item id
-    if not ids or k <= 0:
+    n = len(ids)
+    if n == 0 or k <= 0:
         return []
-    pop_max = max(pop.values(), default=0.0)
-    pop_den = math.log1p(pop_max) if pop_max > 0 else 1.0
+    pop_max = float(pop.max())
     parts = {
-        "rep": weights.rep * _scaled(rep, ids),
-        "sib": weights.sib * _scaled(sib, ids),
-        "cf": weights.cf * _scaled(cf, ids),
-        "vis": weights.vis * _column(vis, ids),
-        "pop": weights.pop * np.log1p(_column(pop, ids)) / pop_den,
+        "rep": weights.rep * _scale(rep),
+        "sib": weights.sib * _scale(sib),
+        "cf": weights.cf * _scale(cf),
+        "vis": weights.vis * vis,
+        "pop": weights.pop * np.log1p(pop) / (math.log1p(pop_max) if pop_max > 0 else 1.0),
     }
     total = parts["rep"] + parts["sib"] + parts["cf"] + parts["vis"] + parts["pop"]
-    top = np.argsort(-total, kind="stable")[:k]
-    by_signal = np.stack([parts[name][top] for name in _SIGNALS])  # (5, k)
+    if keep is not None:
+        total = np.where(keep, total, -np.inf)
+        m = min(k, int(keep.sum()))
+    else:
+        m = min(k, n)
+    if m == 0:
+        return []
+    # every candidate scoring at least the m-th best, then ordered by (score desc, item id)
+    threshold = np.partition(total, n - m)[n - m]
+    tied = np.flatnonzero(total >= threshold).tolist()
+    top = sorted(tied, key=lambda j: (-total[j], ids[j]))[:k]
+    by_signal = np.stack([parts[name][top] for name in _SIGNALS])  # (5, len(top))
     reason_at = len(_SIGNALS) - 1 - np.argmax(by_signal[::-1], axis=0)
     return [
         Scored(ids[j], float(total[j]), REASONS[_SIGNALS[r]])
-        for j, r in zip(top.tolist(), reason_at.tolist())
+        for j, r in zip(top, reason_at.tolist())
     ]
+
+
+def _scale(signal: np.ndarray) -> np.ndarray:
+    top = float(signal.max())
+    return signal / top if top > 0 else np.zeros(len(signal))
