@@ -8,7 +8,7 @@ an item's row index never changes while the worker runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,11 @@ class Catalogue:
         kept = [i for i in item_ids if i in index]
         return kept, np.fromiter((index[i] for i in kept), dtype=np.intp, count=len(kept))
 
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Row index of each id (-1 for ids without a vector)."""
+        get = self._index.get
+        return np.array([get(i, -1) for i in item_ids], dtype=np.intp)
+
     def vector(self, item_id: str) -> np.ndarray | None:
         """The item's float32 vector (a read-only view), or None."""
         row = self._index.get(item_id)
@@ -56,6 +61,7 @@ class Catalogue:
         return self._mat[idx]
 
     def norms(self, idx: np.ndarray) -> np.ndarray:
+        """Euclidean norms of the rows (1 for a zero vector: cosines with it are 0)."""
         return self._norms[idx]
 
     def same_vector(self, item_id: str, vector: np.ndarray) -> bool:
@@ -96,4 +102,5 @@ class Catalogue:
             self._ids.append(item_id)
             self._index[item_id] = row
         self._mat[row] = vec
-        self._norms[row] = float(np.linalg.norm(vec.astype(np.float64)))
+        norm = float(np.linalg.norm(vec.astype(np.float64)))
+        self._norms[row] = norm if norm > 0 else 1.0

@@ -11,7 +11,7 @@ unit user vectors to search for, and the caller passes the hits back to :func:`r
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,7 @@ from streams.ranking.hybrid import (
     boost_by_popularity,
     price_weighted,
     sibling_scores,
+    top_by_score,
 )
 from streams.settings import Settings
 from streams.userstate import UserState, excluded_items, user_vector
@@ -116,14 +117,14 @@ class RankContext:
 
 def _unit_rows(ids: Sequence[str], cat: Catalogue) -> np.ndarray:
     """Unit float32 vectors of ``ids`` (zero rows for items without a vector)."""
-    out = np.zeros((len(ids), cat.dim), dtype=np.float32)
-    index = cat.index_of
-    rows = np.fromiter((-1 if (r := index(j)) is None else r for j in ids), np.intp, len(ids))
+    rows = cat.rows_of(ids)
     have = rows >= 0
+    if have.all():
+        return cat.rows(rows) / cat.norms(rows)[:, None].astype(np.float32)
+    out = np.zeros((len(ids), cat.dim), dtype=np.float32)
     if have.any():
         idx = rows[have]
-        norms = np.maximum(cat.norms(idx), 1e-12)
-        out[have] = cat.rows(idx) / norms[:, None].astype(np.float32)
+        out[have] = cat.rows(idx) / cat.norms(idx)[:, None].astype(np.float32)
     return out
 
 
@@ -208,25 +209,26 @@ def hybrid_list(
     now = state.last_ts
     seeds = sorted(bought.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.cf_seeds]
     seed_w = {i: 2.0 ** ((t - now) / cfg.half_life_s) for i, t in seeds}
-    cf = ctx.copurchase.scores(seed_w, cfg.cf_per_seed)
-    if len(cf) > cfg.cf_candidates:
-        cf = dict(sorted(cf.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.cf_candidates])
+    cf_ids, cf_vals = ctx.copurchase.score_arrays(seed_w, cfg.cf_per_seed)
+    if len(cf_ids) > cfg.cf_candidates:
+        kept = top_by_score(cf_ids, cf_vals, cfg.cf_candidates)
+        cf_ids, cf_vals = [cf_ids[j] for j in kept], cf_vals[kept]
     rep = price_weighted(state.rep, cat.price_of, w.price_exponent)
     sib = sibling_scores(rep, cat.code_of, cat.members)
     score = ctx.trending.score
     sib = boost_by_popularity(sib, {j: score(j) for j in sib}, ctx.pop_max, w.sib_pop)
     head_pos, n_head = ctx.head_pos, len(ctx.head_ids)
-    extra = [j for j in dict.fromkeys([*rep, *sib, *cf]) if j not in head_pos]
+    extra = [j for j in dict.fromkeys([*rep, *sib, *cf_ids]) if j not in head_pos]
     ids = ctx.head_ids + extra
-    pos = {j: n_head + e for e, j in enumerate(extra)}
+    pos = dict(head_pos)
+    pos.update((j, n_head + e) for e, j in enumerate(extra))
 
-    def column(signal: Mapping[str, float]) -> np.ndarray:
+    def column(keys: Iterable[str], values: Iterable[float]) -> np.ndarray:
         out = np.zeros(len(ids))
-        for j, v in signal.items():
-            out[head_pos[j] if j in head_pos else pos[j]] = v
+        out[[pos[j] for j in keys]] = list(values)
         return out
 
-    pop = np.concatenate([ctx.head_pop, np.fromiter(map(score, extra), np.float64, len(extra))])
+    pop = np.concatenate([ctx.head_pop, ctx.trending.scores(extra)])
     if w.vis and vec is not None:
         head = head_cos if head_cos is not None else np.zeros(n_head)
         vis = np.concatenate([head, _cosines(vec, extra, cat)])
@@ -237,9 +239,9 @@ def hybrid_list(
         keep = np.fromiter((j not in exclude for j in ids), dtype=bool, count=len(ids))
     return blend(
         ids,
-        rep=column(rep),
-        sib=column(sib),
-        cf=column(cf),
+        rep=column(rep, rep.values()),
+        sib=column(sib, sib.values()),
+        cf=column(cf_ids, cf_vals),
         vis=vis,
         pop=pop,
         weights=w,
@@ -253,7 +255,15 @@ def _cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
     if not ids:
         return np.zeros(0)
     unit = (vec / np.linalg.norm(vec)).astype(np.float32)
-    return (_unit_rows(ids, cat) @ unit).astype(np.float64)
+    rows = cat.rows_of(ids)
+    have = rows >= 0
+    if have.all():
+        return (cat.rows(rows) @ unit).astype(np.float64) / cat.norms(rows)
+    out = np.zeros(len(ids))
+    if have.any():
+        idx = rows[have]
+        out[have] = (cat.rows(idx) @ unit).astype(np.float64) / cat.norms(idx)
+    return out
 
 
 def to_record(

@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 
+import numpy as np
+
 
 class CoPurchase:
     def __init__(self, max_neighbours: int = 200) -> None:
         self.max_neighbours = max_neighbours
         self.counts: dict[str, dict[str, int]] = defaultdict(dict)
         self._sorted: dict[str, list[tuple[str, int]]] = {}  # row -> neighbours in rank order
+        self._arrays: dict[str, tuple[list[str], np.ndarray]] = {}  # row -> (ids, counts)
 
     def add_basket_item(
         self, item: str, basket: Iterable[str]
@@ -37,7 +40,7 @@ class CoPurchase:
             for row_id, other in ((item, a), (a, item)):
                 row = self.counts[row_id]
                 row[other] = row.get(other, 0) + 1
-                self._sorted.pop(row_id, None)
+                self._forget(row_id)
                 changed.append((row_id, other))
                 if len(row) > self.max_neighbours:
                     for j in self._trim(row_id):
@@ -46,6 +49,10 @@ class CoPurchase:
             gone = set(dropped)
             changed = [c for c in changed if c not in gone]
         return changed, dropped
+
+    def _forget(self, row_id: str) -> None:
+        self._sorted.pop(row_id, None)
+        self._arrays.pop(row_id, None)
 
     def _trim(self, row_id: str) -> list[str]:
         row = self.counts[row_id]
@@ -72,12 +79,36 @@ class CoPurchase:
         return ranked[:n]
 
     def scores(self, seeds: Mapping[str, float], per_seed: int = 50) -> dict[str, float]:
-        """``cf_j = sum_i w_i * co(i, j)`` over seed items ``i`` with weights ``w_i``."""
-        out: dict[str, float] = defaultdict(float)
+        """``cf_j = sum_i w_i * co(i, j)`` over the top ``per_seed`` neighbours ``j`` of each
+        seed item ``i`` with weight ``w_i`` (sums in seed order, then neighbour order)."""
+        ids, sums = self.score_arrays(seeds, per_seed)
+        return dict(zip(ids, sums.tolist()))
+
+    def score_arrays(
+        self, seeds: Mapping[str, float], per_seed: int = 50
+    ) -> tuple[list[str], np.ndarray]:
+        """:meth:`scores` as (ids in first-seen order, sums)."""
+        ids: list[str] = []
+        parts: list[np.ndarray] = []
         for seed, w in seeds.items():
-            for j, c in self.neighbours(seed, per_seed):
-                out[j] += w * c
-        return dict(out)
+            head, counts = self._neighbour_arrays(seed, per_seed)
+            if head:
+                ids.extend(head)
+                parts.append(w * counts)
+        if not ids:
+            return [], np.zeros(0)
+        slot: dict[str, int] = {}
+        index = [slot.setdefault(j, len(slot)) for j in ids]
+        return list(slot), np.bincount(index, weights=np.concatenate(parts))
+
+    def _neighbour_arrays(self, item: str, n: int) -> tuple[list[str], np.ndarray]:
+        cached = self._arrays.get(item)
+        if cached is None or len(cached[0]) < min(n, len(self.counts.get(item, ()))):
+            ranked = self.neighbours(item, n)
+            cached = [j for j, _ in ranked], np.array([c for _, c in ranked], dtype=np.float64)
+            self._arrays[item] = cached
+        ids, counts = cached
+        return (ids, counts) if len(ids) <= n else (ids[:n], counts[:n])
 
     def cells(self) -> Iterator[tuple[str, str, int]]:
         for item, row in self.counts.items():
@@ -86,4 +117,4 @@ class CoPurchase:
 
     def load_cell(self, item: str, other: str, count: int) -> None:
         self.counts[item][other] = count
-        self._sorted.pop(item, None)
+        self._forget(item)

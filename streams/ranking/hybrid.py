@@ -171,16 +171,25 @@ def blend(
         m = min(k, n)
     if m == 0:
         return []
-    # every candidate scoring at least the m-th best, then ordered by (score desc, item id)
-    threshold = np.partition(total, n - m)[n - m]
-    tied = np.flatnonzero(total >= threshold).tolist()
-    top = sorted(tied, key=lambda j: (-total[j], ids[j]))[:k]
+    top = top_by_score(ids, total, m)
     by_signal = np.stack([parts[name][top] for name in _SIGNALS])  # (5, len(top))
     reason_at = len(_SIGNALS) - 1 - np.argmax(by_signal[::-1], axis=0)
     return [
         Scored(ids[j], float(total[j]), REASONS[_SIGNALS[r]])
         for j, r in zip(top, reason_at.tolist())
     ]
+
+
+def top_by_score(ids: Sequence[str], scores: np.ndarray, m: int) -> list[int]:
+    """Positions of the ``m`` best scores, ordered by (score desc, item id)."""
+    n = len(ids)
+    if m >= n:
+        tied = range(n)
+    else:  # every candidate scoring at least the m-th best (ties at the boundary included)
+        threshold = np.partition(scores, n - m)[n - m]
+        tied = np.flatnonzero(scores >= threshold).tolist()
+    values = scores.tolist()
+    return sorted(tied, key=lambda j: (-values[j], ids[j]))[:m]
 
 
 def _scale(signal: np.ndarray) -> np.ndarray:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
+import numpy as np
 from sortedcontainers import SortedList
 
 
@@ -106,6 +107,10 @@ class Trending:
 
     def score(self, item_id: str) -> float:
         return self._score.get(item_id, 0.0)
+
+    def scores(self, item_ids: Sequence[str]) -> np.ndarray:
+        get = self._score.get
+        return np.array([get(i, 0.0) for i in item_ids], dtype=np.float64)
 
     @property
     def max_score(self) -> float:
