@@ -29,7 +29,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -541,6 +541,7 @@ def main_stream(argv: list[str] | None = None) -> int:
     ap.add_argument("--unthrottled-events", type=int, default=20_000)
     ap.add_argument("--days", type=float, default=14.0, help="event-time span of the log")
     ap.add_argument("--drain-timeout", type=float, default=1800.0)
+    ap.add_argument("--legacy-users", type=int, default=300, help="users ranked the old way")
     args = ap.parse_args(argv)
     loads = [float(x) for x in args.loads.split(",") if x.strip()]
 
@@ -653,9 +654,111 @@ def main_stream(argv: list[str] | None = None) -> int:
         out["users_state_bytes_per_user"] = round(users_live / max(1, folded_users), 1)
         out["dead_letters"] = pipe.count("dead_letters")
         out["settings"] = _settings_summary(settings)
-        # (hook) more phases that need the running pipeline add their figures to `out` here
+        embeddings = pipe.embeddings()
+    print("ranking side by side: the batched core and the pre-rewrite per-event ranker ...")
+    out["side_by_side"] = ranking_side_by_side(
+        embeddings, sent, settings, legacy_users=args.legacy_users
+    )
     _report(out, args.json)
     return 0
+
+
+def ranking_side_by_side(
+    embeddings: Mapping[str, Any],
+    events: Sequence[Interaction],
+    settings: Settings,
+    *,
+    legacy_users: int = 300,
+) -> dict[str, Any]:
+    """The same events in-process, no Kafka: the batched fold + rank of streams.userbatch
+    against the pre-rewrite per-event path (fold one event, rank with
+    :func:`streams.legacy_ranking.legacy_hybrid`) for a sample of users at the final state.
+
+    Also counts how many of those users get the same list (ids in order) from both rankers.
+    """
+    from streams.catalogue import Catalogue
+    from streams.legacy_ranking import legacy_hybrid
+    from streams.ranking import Trending
+    from streams.ranking.copurchase import CoPurchase
+    from streams.recommend import RankConfig, rank_states
+    from streams.userbatch import (
+        FoldConfig,
+        InputRecord,
+        PartitionState,
+        fold_batch,
+        rank_batch,
+        rank_context,
+    )
+    from streams.userstate import UserState
+
+    cat = Catalogue()
+    for item_id, emb in embeddings.items():
+        cat.put(item_id, emb.vector, emb.payload)
+    fold_cfg, rank_cfg = FoldConfig.from_settings(settings), RankConfig.from_settings(settings)
+    part = PartitionState(
+        Trending(
+            settings.trending_window_days * DAY,
+            settings.trending_bucket_s,
+            {"view": settings.weight_view, "purchase": settings.weight_purchase},
+        ),
+        CoPurchase(settings.copurchase_neighbours),
+    )
+    table: dict[bytes, bytes] = {}
+    records = [InputRecord(0, n, e.to_bytes()) for n, e in enumerate(events)]
+    t_fold = t_rank = 0.0
+    n_recs = 0
+    for start in range(0, len(records), settings.batch_max):
+        t0 = time.process_time()
+        folded = fold_batch(
+            records[start : start + settings.batch_max],
+            partition=0,
+            part=part,
+            users=lambda u: table.get(u.encode()),
+            catalogue=cat,
+            cfg=fold_cfg,
+        )
+        t1 = time.process_time()
+        recs = rank_batch(folded, rank_context(part, cat, rank_cfg), model_id="bench")
+        for r in recs:
+            r.to_bytes()
+        t2 = time.process_time()
+        table.update(folded.writes.users)
+        t_fold, t_rank, n_recs = t_fold + t1 - t0, t_rank + t2 - t1, n_recs + len(recs)
+    n = len(records)
+    sample = [table[k] for k in sorted(table)[:legacy_users]]
+    states = {st.user_id: st for st in map(UserState.from_bytes, sample)}
+    ctx = rank_context(part, cat, rank_cfg)
+    t0 = time.process_time()
+    new = rank_states(states, ctx)
+    t_new = time.process_time() - t0
+    t0 = time.process_time()
+    old = {
+        u: legacy_hybrid(
+            st, config=rank_cfg, trending=part.trending, copurchase=part.copurchase, catalogue=cat
+        )
+        for u, st in states.items()
+    }
+    t_old = time.process_time() - t0
+    same = sum([s.item_id for s in new[u][0]] == [s.item_id for s in old[u][0]] for u in states)
+    fold_per_event = t_fold / n
+    batched_eps = n / (t_fold + t_rank)
+    legacy_eps = 1.0 / (fold_per_event + t_old / len(states))  # one ranking per event
+    out = {
+        "events": n,
+        "recommendations": n_recs,
+        "cpu_s_fold": round(t_fold, 2),
+        "cpu_s_rank": round(t_rank, 2),
+        "batched_events_per_cpu_s": round(batched_eps, 1),
+        "rank_us_per_user_batched": round(1e6 * t_new / len(states), 1),
+        "rank_us_per_user_legacy": round(1e6 * t_old / len(states), 1),
+        "legacy_events_per_cpu_s": round(legacy_eps, 1),
+        "ratio_events_per_s": round(batched_eps / legacy_eps, 1),
+        "ratio_rank_per_user": round(t_old / max(t_new, 1e-9), 1),
+        "same_list_users": f"{same}/{len(states)}",
+    }
+    for key, value in out.items():
+        print(f"  {key:30s} {value}")
+    return out
 
 
 # -- vrec bench scale --------------------------------------------------------------------------
