@@ -1,19 +1,32 @@
-"""streams.ranking (visual similarity, fill, Trending) and streams.recommend (strategy choice)."""
+"""streams.ranking (visual similarity, fill, Trending, the hybrid blend) and streams.recommend
+(strategy choice, exclusion, trending fill, per-user and per-batch ranking)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from collections import Counter
+from collections.abc import Collection
 
 import numpy as np
 import pytest
 
+from streams.catalogue import Catalogue
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
-from streams.recommend import recommend
+from streams.ranking.copurchase import CoPurchase
+from streams.ranking.hybrid import HybridWeights, blend, hybrid_rank
+from streams.recommend import (
+    RankConfig,
+    RankContext,
+    rank_one,
+    rank_states,
+    to_record,
+    visual_queries,
+)
 from streams.settings import Settings
-from streams.userstate import DecayConfig, UserState, fold_event
+from streams.userstate import DecayConfig, UserState
 
 # ---------------------------------------------------------------- rank_by_similarity
 
@@ -159,6 +172,8 @@ def test_trending_counts_within_window():
     assert t.score("b") == 4.0
     assert t.score("nobody") == 0.0
     assert t.top(10) == [("a", 5.0), ("b", 4.0)]
+    assert t.max_score == 5.0
+    assert Trending(window_s=30.0, bucket_s=10, kind_weights=KW).max_score == 0.0
 
 
 def test_trending_expiry_returns_expired_cells():
@@ -179,6 +194,7 @@ def test_trending_expiry_returns_expired_cells():
     assert bucket == 100
     assert sorted(expired) == [(1, "a"), (2, "c"), (3, "c")]
     assert t.top(10) == [("d", 1.0)]
+    assert t.max_score == 1.0  # the old maximum expired with its buckets
     assert set(t.totals) == {"d"}
 
 
@@ -337,11 +353,12 @@ def test_load_cell_same_cell_twice_is_idempotent():
     assert r.counts(5, "a") == [0, 4]
 
 
-# ---------------------------------------------------------------- recommend()
+# ---------------------------------------------------------------- strategy choice: visual ranker
 
 
 def _settings(**kw) -> Settings:
     base = dict(
+        ranker="visual",
         top_k=3,
         personalise_after=2,
         exclude="purchased",
@@ -360,6 +377,15 @@ CATALOGUE = {
 }
 
 
+def _catalogue(vectors=CATALOGUE, payloads=None) -> Catalogue:
+    cat = Catalogue()
+    for item_id, vec in vectors.items():
+        cat.put(item_id, vec, {})
+    for item_id, payload in (payloads or {}).items():
+        cat.put(item_id, None, payload)
+    return cat
+
+
 class InMemorySearch:
     """The vector store dependency: exact cosine search over an in-memory catalogue."""
 
@@ -367,18 +393,21 @@ class InMemorySearch:
         self.catalogue = catalogue
         self.calls: list[tuple[np.ndarray, int, frozenset[str]]] = []
 
-    async def __call__(self, unit, limit, exclude):
+    def search(self, unit, limit, exclude):
         self.calls.append((unit, limit, exclude))
         hits = [(i, v) for i, v in self.catalogue.items() if i not in exclude]
         hits.sort(key=lambda h: -float(np.dot(h[1], unit) / np.linalg.norm(h[1])))
         return hits[:limit]
 
+    async def __call__(self, unit, limit, exclude):
+        return self.search(unit, limit, exclude)
 
-def _user(settings: Settings, events) -> UserState:
+
+def _user(settings: Settings, events, user_id: str = "u") -> UserState:
     cfg = DecayConfig.from_settings(settings)
-    s = UserState("u")
+    s = UserState(user_id)
     for item_id, kind, ts in events:
-        s = fold_event(s, item_id=item_id, kind=kind, ts=ts, vector=CATALOGUE[item_id], config=cfg)
+        s.fold(item_id=item_id, kind=kind, ts=ts, config=cfg)
     return s
 
 
@@ -391,13 +420,39 @@ def _trending_for_recs() -> Trending:
     return t
 
 
+def _context(
+    settings: Settings,
+    *,
+    trending: Trending | None = None,
+    catalogue: Catalogue | None = None,
+    copurchase: CoPurchase | None = None,
+) -> RankContext:
+    return RankContext(
+        RankConfig.from_settings(settings),
+        trending=_trending_for_recs() if trending is None else trending,
+        copurchase=CoPurchase() if copurchase is None else copurchase,
+        catalogue=_catalogue() if catalogue is None else catalogue,
+    )
+
+
+def _rank_one(state: UserState, settings: Settings, search) -> tuple[list[Scored], str]:
+    return asyncio.run(rank_one(state, _context(settings), search))
+
+
+def test_rank_config_from_settings():
+    s = _settings(top_k=7, exclude="seen", w_visual=0.25, half_life_days=2.0)
+    cfg = RankConfig.from_settings(s)
+    assert (cfg.ranker, cfg.k, cfg.exclude, cfg.personalise_after) == ("visual", 7, "seen", 2)
+    assert cfg.half_life_s == 2 * 86_400.0
+    assert cfg.weights == HybridWeights.from_settings(s)
+    assert cfg.weights.vis == 0.25
+
+
 def test_recommend_cold_user_gets_trending():
     settings = _settings()
     state = _user(settings, [("p", "purchase", 0.0)])  # 1 event < personalise_after=2
     search = InMemorySearch(CATALOGUE)
-    ranked, strategy = asyncio.run(
-        recommend(state, settings=settings, trending=_trending_for_recs(), search=search)
-    )
+    ranked, strategy = _rank_one(state, settings, search)
     assert strategy == "trending"
     assert [(s.item_id, s.score, s.reason) for s in ranked] == [
         ("t1", 5.0, "trending"),
@@ -410,11 +465,10 @@ def test_recommend_cold_user_gets_trending():
 def test_recommend_user_without_vector_gets_trending():
     settings = _settings(weight_view=0.0)
     state = _user(settings, [("q", "view", 0.0), ("r", "view", 1.0)])
-    assert state.n_events == 2 and state.vector is None
+    assert state.n_events == 2
+    assert visual_queries({"u": state}, _context(settings)) == {}
     search = InMemorySearch(CATALOGUE)
-    ranked, strategy = asyncio.run(
-        recommend(state, settings=settings, trending=_trending_for_recs(), search=search)
-    )
+    ranked, strategy = _rank_one(state, settings, search)
     assert strategy == "trending"
     assert [s.item_id for s in ranked] == ["p", "t1", "q"]  # nothing purchased: nothing excluded
     assert search.calls == []
@@ -425,9 +479,7 @@ def test_recommend_warm_user_visual_with_trending_filler():
     # purchase p (w=1.0) and view r (w=0.3) at the same time: vector [1, 0.3] / 1.3
     state = _user(settings, [("p", "purchase", 0.0), ("r", "view", 0.0)])
     search = InMemorySearch(CATALOGUE)
-    ranked, strategy = asyncio.run(
-        recommend(state, settings=settings, trending=_trending_for_recs(), search=search)
-    )
+    ranked, strategy = _rank_one(state, settings, search)
     assert strategy == "visual"
     norm = math.sqrt(1.0 + 0.09)
     q_score = (0.8 * 1.0 + 0.6 * 0.3) / norm  # q is a unit vector
@@ -453,9 +505,7 @@ def test_recommend_warm_user_exclusion_seen_policy():
     settings = _settings(exclude="seen")
     state = _user(settings, [("p", "purchase", 0.0), ("r", "view", 0.0)])
     search = InMemorySearch(CATALOGUE)
-    ranked, strategy = asyncio.run(
-        recommend(state, settings=settings, trending=_trending_for_recs(), search=search)
-    )
+    ranked, strategy = _rank_one(state, settings, search)
     assert strategy == "visual"
     assert [(s.item_id, s.reason) for s in ranked] == [
         ("q", "visual"),
@@ -473,14 +523,182 @@ def test_recommend_excludes_even_if_search_returns_excluded_items():
     async def leaky(unit, limit, exclude):
         return list(CATALOGUE.items())[:limit]
 
-    ranked, _ = asyncio.run(
-        recommend(state, settings=settings, trending=_trending_for_recs(), search=leaky)
-    )
+    ranked, _ = _rank_one(state, settings, leaky)
     assert "p" not in [s.item_id for s in ranked]
     assert [s.item_id for s in ranked] == ["q", "r", "t1"]
 
 
-# ---------------------------------------------------------------- hybrid ranker
+def test_rank_states_batch_equals_rank_one_per_user():
+    """The users agent ranks a batch against one context with the store's hits per user; the
+    web API ranks one user: both give the same lists."""
+    settings = _settings(personalise_after=1)
+    states = {
+        "cold": _user(settings, [], "cold"),
+        "p": _user(settings, [("p", "purchase", 0.0)], "p"),
+        "pr": _user(settings, [("p", "purchase", 0.0), ("r", "view", 5.0)], "pr"),
+        "r": _user(settings, [("r", "view", 0.0), ("q", "view", 0.0)], "r"),
+    }
+    ctx = _context(settings)
+    search = InMemorySearch(CATALOGUE)
+    queries = visual_queries(states, ctx)
+    assert set(queries) == {"p", "pr", "r"}
+    found = {u: search.search(unit, 2 * settings.top_k, ex) for u, (unit, ex) in queries.items()}
+    batch = rank_states(states, ctx, found)
+    assert {u: strategy for u, (_, strategy) in batch.items()} == {
+        "cold": "trending",
+        "p": "visual",
+        "pr": "visual",
+        "r": "visual",
+    }
+    for user_id, state in states.items():
+        assert asyncio.run(rank_one(state, ctx, search)) == batch[user_id]
+
+
+def test_to_record_carries_the_as_of_point():
+    ranked = [Scored("a", 0.5, "visual"), Scored("b", 0.25, "trending")]
+    rec = to_record(
+        "u", ranked, "visual", model_id="m", event_id="e9", event_ts=12.0, as_of=(3, 41)
+    )
+    assert (rec.user_id, rec.strategy, rec.model_id, rec.trigger) == ("u", "visual", "m", "event")
+    assert (rec.event_id, rec.event_ts) == ("e9", 12.0)
+    assert (rec.as_of_partition, rec.as_of_offset) == (3, 41)
+    assert [(i.item_id, i.score, i.reason) for i in rec.items] == [
+        ("a", 0.5, "visual"),
+        ("b", 0.25, "trending"),
+    ]
+    plain = to_record("u", [], "trending", model_id="m", event_id=None, event_ts=None)
+    assert plain.as_of_partition is None and plain.as_of_offset is None
+
+
+# ---------------------------------------------------------------- strategy choice: hybrid ranker
+
+
+def test_hybrid_strategy_choice():
+    settings = _settings(ranker="hybrid", personalise_after=2, weight_view=0.0, exclude="none")
+    ctx = _context(settings)
+    states = {
+        "cold": _user(settings, [("p", "purchase", 0.0)], "cold"),  # 1 event < 2
+        "no-signal": _user(settings, [("q", "view", 0.0), ("r", "view", 1.0)], "no-signal"),
+        "buyer": _user(settings, [("q", "view", 0.0), ("p", "purchase", 1.0)], "buyer"),
+    }
+    got = rank_states(states, ctx)
+    assert got["cold"][1] == "trending"
+    assert got["no-signal"][1] == "trending"  # no purchase and no vector (views weigh 0)
+    assert got["buyer"][1] == "hybrid"
+    assert got["cold"][0] == ctx.trending_list()
+    # views with a weight give a vector: personal list without a purchase
+    viewer = _user(_settings(ranker="hybrid", personalise_after=2), [("q", "view", 0.0)] * 2)
+    assert rank_states({"u": viewer}, _context(settings))["u"][1] == "hybrid"
+
+
+def test_hybrid_visual_part_is_the_cosine_for_head_and_own_candidates():
+    """The head's cosines come from one matrix product in the context, the user's own candidates'
+    from the catalogue: both are the cosine with the user vector."""
+    settings = _settings(
+        ranker="hybrid",
+        personalise_after=1,
+        exclude="none",
+        top_k=2,
+        w_repurchase=0.0,
+        w_sibling=0.0,
+        w_copurchase=0.0,
+        w_popularity=0.0,
+        w_visual=0.5,
+    )
+    trending = Trending(window_s=86_400.0, bucket_s=3600, kind_weights={"view": 1.0})
+    trending.add("q", "view", 0.0, count=4)  # head item with a vector
+    trending.add("t1", "view", 0.0, count=5)  # head item without a vector: cosine 0
+    state = _user(settings, [("p", "purchase", 0.0), ("r", "view", 0.0)])  # p: own candidate
+    ranked, strategy = rank_states({"u": state}, _context(settings, trending=trending))["u"]
+    assert strategy == "hybrid"
+    norm = math.sqrt(1.0 + 0.09)
+    assert [(s.item_id, s.reason) for s in ranked] == [
+        ("p", "visually similar"),
+        ("q", "visually similar"),
+    ]
+    assert ranked[0].score == pytest.approx(0.5 * 1.0 / norm, abs=1e-6)
+    assert ranked[1].score == pytest.approx(0.5 * (0.8 + 0.6 * 0.3) / norm, abs=1e-6)
+
+
+def test_hybrid_price_weighting_and_popular_siblings():
+    s = _settings(
+        ranker="hybrid",
+        top_k=4,
+        personalise_after=1,
+        exclude="none",
+        half_life_days=30.0,
+        w_repurchase=1.0,
+        w_sibling=0.5,
+        w_copurchase=0.0,
+        w_visual=0.0,
+        w_popularity=0.1,
+        rep_price_exponent=1.0,
+        sibling_pop_boost=1.0,
+        pop_candidates=10,
+    )
+    cfg = DecayConfig.from_settings(s)
+    state = UserState("u")
+    for item in ("cheap", "dear"):  # the same day, cheap first
+        state.fold(item_id=item, kind="purchase", ts=100.0, config=cfg)
+    trending = Trending(window_s=86_400.0, bucket_s=3600, kind_weights={"purchase": 1.0})
+    trending.add("dear-z", "purchase", 100.0, count=4)  # a popular sibling of "dear"
+    trending.add("hit", "purchase", 100.0, count=9)
+    cat = _catalogue(
+        {},
+        {
+            "cheap": {"product_code": "1", "price": 0.01},
+            "dear": {"product_code": "2", "price": 0.05},
+            "dear-a": {"product_code": "2"},
+            "dear-z": {"product_code": "2"},
+        },
+    )
+
+    def run(**kw):
+        ctx = _context(s.model_copy(update=kw), trending=trending, catalogue=cat)
+        ranked, strategy = rank_states({"u": state}, ctx)["u"]
+        assert strategy == "hybrid"
+        return [r.item_id for r in ranked]
+
+    # the dear purchase first; its popular sibling before the unpopular one
+    assert run() == ["dear", "dear-z", "dear-a", "cheap"]
+    # without prices both purchases tie (item id order) and outrank the siblings
+    assert run(rep_price_exponent=0.0)[:2] == ["cheap", "dear"]
+    # without the boost (and popularity) the siblings tie: item id order
+    assert run(sibling_pop_boost=0.0, w_popularity=0.0)[1:3] == ["dear-a", "dear-z"]
+    assert run(sibling_pop_boost=0.0, w_popularity=0.0, rep_price_exponent=0.0) == [
+        "cheap", "dear", "dear-a", "dear-z"
+    ]  # fmt: skip
+
+
+def test_hybrid_copurchase_neighbours_of_recent_purchases():
+    s = _settings(
+        ranker="hybrid",
+        top_k=2,
+        personalise_after=1,
+        exclude="purchased",
+        w_repurchase=0.0,
+        w_sibling=0.0,
+        w_copurchase=1.0,
+        w_visual=0.0,
+        w_popularity=0.0,
+    )
+    co = CoPurchase()
+    for _ in range(3):
+        co.add_basket_item("x", ["seed"])
+    co.add_basket_item("y", ["seed"])
+    co.add_basket_item("z", ["other"])
+    state = _user(s, [("seed", "purchase", 0.0)])
+    ranked, strategy = rank_states({"u": state}, _context(s, copurchase=co))["u"]
+    assert strategy == "hybrid"
+    assert [(r.item_id, r.reason) for r in ranked] == [
+        ("x", "bought together"),
+        ("y", "bought together"),
+    ]
+    assert ranked[0].score == pytest.approx(1.0)
+    assert ranked[1].score == pytest.approx(1.0 / 3.0)
+
+
+# ---------------------------------------------------------------- hybrid blend
 
 
 def test_price_weighted_relative_to_dearest_item():
@@ -508,9 +726,19 @@ def test_boost_by_popularity():
     assert boost_by_popularity(sib, pop, 0.0, 1.0) == sib  # nothing popular: unchanged
 
 
-def test_hybrid_rank_blend_reasons_and_exclusion():
-    from streams.ranking.hybrid import HybridWeights, hybrid_rank
+def test_sibling_scores():
+    from streams.ranking.hybrid import sibling_scores
 
+    code_of = {"a": "1", "b": "1", "c": "1", "d": "2", "x": "3"}
+    members = {"1": {"a", "b", "c"}, "2": {"d"}, "3": {"x"}}
+    assert sibling_scores({"a": 1.0, "b": 0.5, "d": 2.0, "nocode": 9.0}, code_of, members) == {
+        "a": 0.5,
+        "b": 1.0,
+        "c": 1.5,
+    }
+
+
+def test_hybrid_rank_blend_reasons_and_exclusion():
     w = HybridWeights(rep=1.0, sib=0.5, cf=0.3, vis=0.0, pop=0.2)
     ranked = hybrid_rank(
         candidates=["a", "b", "c", "d", "x"],
@@ -532,58 +760,83 @@ def test_hybrid_rank_blend_reasons_and_exclusion():
     ]
     assert ranked[0].score == pytest.approx(0.5)
     assert ranked[2].score == pytest.approx(0.3 + 0.2 * math.log1p(1.0) / math.log1p(9.0))
+    assert all(isinstance(s.score, float) for s in ranked)
 
 
-def test_hybrid_recommend_price_weighting_and_popular_siblings():
-    from streams.ranking.copurchase import CoPurchase
-    from streams.recommend import hybrid_recommend
+def test_hybrid_rank_equal_scores_ordered_by_item_id():
+    w = HybridWeights(rep=1.0, sib=0.0, cf=0.0, vis=0.0, pop=0.0)
+    rep = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 2.0, "e": 1.0}
+    for order in itertools.permutations(["e", "c", "a", "d", "b"]):
+        kw = dict(candidates=order, rep=rep, sib={}, cf={}, vis={}, pop={}, weights=w)
+        assert [s.item_id for s in hybrid_rank(**kw, k=3)] == ["d", "a", "b"]
+        # the k-th place falls inside a tie: the lowest ids of the tie are kept
+        assert [s.item_id for s in hybrid_rank(**kw, k=2)] == ["d", "a"]
+        assert [s.item_id for s in hybrid_rank(**kw, k=10)] == ["d", "a", "b", "c", "e"]
+        assert [s.item_id for s in hybrid_rank(**kw, k=3, exclude={"a"})] == ["d", "b", "c"]
+    assert hybrid_rank(**kw, k=0) == []
+    assert hybrid_rank(**kw, k=3, exclude=set(rep)) == []
+    assert hybrid_rank(candidates=[], rep=rep, sib={}, cf={}, vis={}, pop={}, weights=w, k=3) == []
 
-    s = _settings(
-        top_k=4,
-        personalise_after=1,
-        exclude="none",
-        half_life_days=30.0,
-        w_repurchase=1.0,
-        w_sibling=0.5,
-        w_copurchase=0.0,
-        w_visual=0.0,
-        w_popularity=0.1,
-        rep_price_exponent=1.0,
-        sibling_pop_boost=1.0,
-        pop_candidates=10,
+
+_REASON = {
+    "rep": "bought before",
+    "sib": "same product",
+    "cf": "bought together",
+    "vis": "visually similar",
+    "pop": "trending",
+}
+
+
+def _one_item(signals: Collection[str], value: float = 1.0) -> list[Scored]:
+    """Item "x" with contribution ``value`` from each signal in ``signals`` (weight 1, and its
+    value the signal's maximum), 0 from the others."""
+    w = HybridWeights(**{name: 1.0 if name in signals else 0.0 for name in _REASON})
+    one = {"x": value}
+    return hybrid_rank(
+        candidates=["x"],
+        rep=one,
+        sib=one,
+        cf=one,
+        vis=one,
+        pop={"x": 7.0},
+        weights=w,
+        k=1,
     )
-    cfg = DecayConfig.from_settings(s)
-    state = UserState("u")
-    vec = np.array([1.0, 0.0])
-    for item in ("cheap", "dear"):  # the same day, cheap first
-        state = fold_event(state, item_id=item, kind="purchase", ts=100.0, vector=vec, config=cfg)
-    trending = Trending(window_s=86_400.0, bucket_s=3600, kind_weights={"purchase": 1.0})
-    trending.add("dear-z", "purchase", 100.0, count=4)  # a popular sibling of "dear"
-    trending.add("hit", "purchase", 100.0, count=9)
-    code_of = {"cheap": "1", "dear": "2", "dear-a": "2", "dear-z": "2"}
-    members = {"1": {"cheap"}, "2": {"dear", "dear-a", "dear-z"}}
-    prices = {"cheap": 0.01, "dear": 0.05}
 
-    def run(**kw):
-        ranked, strategy = hybrid_recommend(
-            state,
-            settings=s.model_copy(update=kw),
-            trending=trending,
-            copurchase=CoPurchase(),
-            vectors={},
-            code_of=code_of,
-            members=members,
-            price_of=prices,
-        )
-        assert strategy == "hybrid"
-        return [r.item_id for r in ranked]
 
-    # the dear purchase first; its popular sibling before the unpopular one
-    assert run() == ["dear", "dear-z", "dear-a", "cheap"]
-    # without prices both purchases tie (item id order) and outrank the siblings
-    assert run(rep_price_exponent=0.0)[:2] == ["cheap", "dear"]
-    # without the boost (and popularity) the siblings tie: item id order
-    assert run(sibling_pop_boost=0.0, w_popularity=0.0)[1:3] == ["dear-a", "dear-z"]
-    assert run(sibling_pop_boost=0.0, w_popularity=0.0, rep_price_exponent=0.0) == [
-        "cheap", "dear", "dear-a", "dear-z"
-    ]  # fmt: skip
+@pytest.mark.parametrize("signals", [*itertools.combinations(_REASON, 2), tuple(_REASON)])
+def test_hybrid_rank_reason_tie_goes_to_the_later_signal_name(signals):
+    (got,) = _one_item(signals)
+    assert got.score == pytest.approx(float(len(signals)))
+    assert got.reason == _REASON[max(signals)]
+
+
+@pytest.mark.parametrize("signal", list(_REASON))
+def test_hybrid_rank_single_signal_reason(signal):
+    (got,) = _one_item([signal])
+    assert got.reason == _REASON[signal]
+    assert got.score == pytest.approx(1.0)
+
+
+def test_hybrid_rank_reason_is_the_largest_contribution():
+    w = HybridWeights(rep=0.5, sib=0.0, cf=0.6, vis=0.55, pop=0.0)
+    one = {"x": 1.0}
+    (got,) = hybrid_rank(candidates=["x"], rep=one, sib={}, cf=one, vis=one, pop={}, weights=w, k=1)
+    assert got.reason == "bought together"
+    assert got.score == pytest.approx(1.65)
+
+
+def test_blend_keep_mask_excludes_but_still_scales():
+    w = HybridWeights(rep=1.0, sib=0.0, cf=0.0, vis=0.0, pop=0.0)
+    ids = ["a", "b", "c"]
+    z = np.zeros(3)
+    rep = np.array([1.0, 4.0, 2.0])
+    got = blend(ids, rep=rep, sib=z, cf=z, vis=z, pop=z, weights=w, k=3,
+                keep=np.array([True, False, True]))  # fmt: skip
+    assert [(s.item_id, s.score) for s in got] == [("c", 0.5), ("a", 0.25)]
+    assert blend(ids, rep=rep, sib=z, cf=z, vis=z, pop=z, weights=w, k=3,
+                 keep=np.zeros(3, dtype=bool)) == []  # fmt: skip
+    assert [s.item_id for s in blend(ids, rep=rep, sib=z, cf=z, vis=z, pop=z, weights=w, k=2)] == [
+        "b",
+        "c",
+    ]
