@@ -779,10 +779,19 @@ def main_scale(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--drain-timeout", type=float, default=24 * 3600.0)
     ap.add_argument("--recovery-timeout", type=float, default=3600.0)
+    ap.add_argument(
+        "--seed-states",
+        action="store_true",
+        help="fold each user's synthetic events in this process (the worker's own fold "
+        "function) and write the states straight to the users changelog, then restart the "
+        "worker: RSS per user and recovery at sizes a replay through the worker cannot reach",
+    )
     args = ap.parse_args(argv)
 
     settings = bench_settings(args, "scale")
     products, purchases, catalogue = load_inputs(args)
+    if args.seed_states:
+        return _scale_seeded(args, settings, products, purchases, catalogue)
     n_events = args.users * args.events_per_user
     out: dict[str, Any] = {"users": args.users, "events_per_user": args.events_per_user}
     lag = None
@@ -864,6 +873,91 @@ def main_scale(argv: list[str] | None = None) -> int:
         out["dead_letters"] = pipe.count("dead_letters")
         out["settings"] = _settings_summary(settings)
         lag.close()
+    _report(out, args.json)
+    return 0
+
+
+def seeded_states(
+    customers: list[list[Basket]],
+    settings: Settings,
+    users: range,
+    events_per_user: int,
+    seed: int,
+    view_ratio: float,
+) -> Iterator[tuple[bytes, bytes, float, str]]:
+    """(key, state bytes, newest ts, an item of the user) for each synthetic user, folded with
+    :meth:`UserState.fold` over the same per-user event sequence :func:`synthetic_log` draws."""
+    from streams.userstate import DecayConfig, UserState
+
+    decay = DecayConfig.from_settings(settings)
+    for u in users:
+        rng = random.Random(f"{seed}:{u}")
+        user_id = f"syn-{u:06d}"
+        state = UserState(user_id)
+        ts = DEFAULT_START_TS + rng.uniform(0.0, 7 * DAY)
+        for n, (kind, item, _, gap) in enumerate(
+            _user_steps(rng, customers, events_per_user, view_ratio)
+        ):
+            ts += gap if n else 0.0
+            state.fold(
+                item_id=item,
+                kind=kind,
+                ts=ts,
+                config=decay,
+                history_len=settings.history_len,
+                max_seen=settings.max_seen,
+                event_id=f"syn:{u}:{n}",  # no user-events offsets: none were read
+            )
+        yield user_id.encode(), state.to_bytes(), state.last_ts, item
+
+
+def _scale_seeded(args, settings: Settings, products, purchases, catalogue) -> int:
+    """`vrec bench scale --seed-states`: index, stop the worker, write N users' states to the
+    users changelog, start the worker again and time its recovery; RSS per user after it."""
+    from kafka import KafkaProducer
+
+    out: dict[str, Any] = {
+        "users": args.users,
+        "events_per_user": args.events_per_user,
+        "mode": "seed-states",
+    }
+    customers = customer_baskets(purchases, catalogue)
+    with running(settings, args.keep_topics) as pipe:
+        _index(pipe, products, out)
+        out["rss_baseline_bytes"] = worker_rss(pipe)
+        pipe.worker.stop(signal.SIGTERM)
+        topic = changelog_name(settings, "users")
+        producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap, linger_ms=50, batch_size=1 << 20
+        )
+        t0 = time.process_time()
+        w0 = time.monotonic()
+        n_bytes, last_ts, probe_item = 0, 0.0, None
+        for key, value, ts, item in seeded_states(
+            customers,
+            settings,
+            range(args.users),
+            args.events_per_user,
+            args.seed,
+            args.view_ratio,
+        ):
+            producer.send(topic, key=key, value=value)  # default partitioner, as Faust's
+            n_bytes += len(key) + len(value)
+            last_ts = max(last_ts, ts)
+            probe_item = probe_item or item
+        producer.flush()
+        producer.close()
+        out["seed_cpu_s"] = round(time.process_time() - t0, 1)
+        out["seed_wall_s"] = round(time.monotonic() - w0, 1)
+        out["users_changelog_bytes"] = n_bytes
+        out["users_state_bytes_per_user"] = round(n_bytes / max(1, args.users), 1)
+        print(f"seeded {args.users} users ({n_bytes / 1e6:.1f} MB) in {out['seed_wall_s']} s")
+        out.update(_recovery(pipe, settings, probe_item, last_ts, args.recovery_timeout))
+        time.sleep(2.0)
+        rss = worker_rss(pipe)
+        out["rss_after_bytes"] = rss
+        out["rss_bytes_per_user"] = round((rss - out["rss_baseline_bytes"]) / args.users, 1)
+        out["settings"] = _settings_summary(settings)
     _report(out, args.json)
     return 0
 

@@ -152,7 +152,11 @@ def fold_batch(
         state = states.get(user_id)
         if state is None:
             raw = users(user_id)
-            state = UserState.from_bytes(raw) if raw else UserState(user_id)
+            try:
+                state = UserState.from_bytes(raw) if raw else UserState(user_id)
+            except ValueError as exc:  # never expected: reported, the others go on
+                dead.append((f"stored state of user {user_id!r} unreadable: {exc}", rec))
+                continue
         if state.already_folded(rec.partition, rec.offset, event.event_id):
             continue
         if event.item_id not in catalogue:
@@ -179,6 +183,7 @@ def fold_batch(
             event_id=event.event_id,
         )
         states[user_id] = state
+        last_event.pop(user_id, None)  # keep the users in the order of their newest events
         last_event[user_id] = event
         if count:
             bucket, expired = tr.add(event.item_id, event.kind, event.ts, count)

@@ -208,9 +208,9 @@ def excluded_items(state: UserState, policy: str) -> frozenset[str]:
 # -- binary layout ----------------------------------------------------------------------------
 # header: version u8, n_events u32, wsum f64, ref_ts f64, last_ts f64, user id (u16 len + utf-8)
 # offsets: u8 count, then (u16 partition, i64 offset)
-# items: u32 count, then (u8 id len + utf-8, u8 flags, f64 vw, f64 touched_ts
+# items: u32 count, then (u16 id len + utf-8, u8 flags, f64 vw, f64 touched_ts
 #        [, f64 rep, f64 bought_ts if bought])
-# history: u16 count, then (u32 item index into items or 0xFFFFFFFF + u8 len + id, u8 kind,
+# history: u16 count, then (u32 item index into items or 0xFFFFFFFF + u16 len + id, u8 kind,
 #          f64 ts, u64 event hash)
 _VERSION = 2
 _HEAD = struct.Struct("<BIdddH")
@@ -219,14 +219,13 @@ _ITEM = struct.Struct("<Bdd")
 _BOUGHT = struct.Struct("<dd")
 _HIST = struct.Struct("<IBdQ")
 _INLINE = 0xFFFFFFFF
+_LEN = struct.Struct("<H")
 _BOUGHT_FLAG = 1
 
 
 def _id_bytes(item_id: str) -> bytes:
     raw = item_id.encode()
-    if len(raw) > 255:
-        raise ValueError(f"item id longer than 255 bytes: {item_id[:40]!r}...")
-    return bytes((len(raw),)) + raw
+    return _LEN.pack(len(raw)) + raw
 
 
 def encode_state(s: UserState) -> bytes:
@@ -253,13 +252,31 @@ def encode_state(s: UserState) -> bytes:
 
 
 def decode_state(raw: bytes) -> UserState:
-    view = memoryview(raw)
+    """The state encoded by :func:`encode_state`; ValueError for anything else."""
+    try:
+        return _decode(memoryview(raw))
+    except (IndexError, struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"corrupt user state: {exc}") from exc
+
+
+def _read_str(view: memoryview, at: int, n: int) -> tuple[str, int]:
+    if at + n > len(view):
+        raise IndexError("string past the end")
+    return bytes(view[at : at + n]).decode(), at + n
+
+
+def _read_id(view: memoryview, at: int) -> tuple[str, int]:
+    (n,) = _LEN.unpack_from(view, at)
+    return _read_str(view, at + _LEN.size, n)
+
+
+def _decode(view: memoryview) -> UserState:
+    raw = view
     version, n_events, wsum, ref_ts, last_ts, uid_len = _HEAD.unpack_from(view, 0)
     if version != _VERSION:
         raise ValueError(f"user state version {version}, expected {_VERSION}")
     at = _HEAD.size
-    user_id = bytes(view[at : at + uid_len]).decode()
-    at += uid_len
+    user_id, at = _read_str(view, at, uid_len)
     offsets = {}
     for _ in range(view[at]):
         p, o = _OFFSET.unpack_from(view, at + 1)
@@ -271,15 +288,15 @@ def decode_state(raw: bytes) -> UserState:
     items: dict[str, ItemStat] = {}
     ids: list[str] = []
     for _ in range(n_items):
-        n = view[at]
-        item_id = bytes(view[at + 1 : at + 1 + n]).decode()
-        at += 1 + n
+        item_id, at = _read_id(view, at)
         flags, vw, touched = _ITEM.unpack_from(view, at)
         at += _ITEM.size
         st = ItemStat(vw=vw, touched_ts=touched)
         if flags & _BOUGHT_FLAG:
             st.rep, st.bought_ts = _BOUGHT.unpack_from(view, at)
             at += _BOUGHT.size
+        if item_id in items:
+            raise ValueError(f"user state: item {item_id!r} twice")
         items[item_id] = st
         ids.append(item_id)
     (n_hist,) = struct.unpack_from("<H", view, at)
@@ -289,9 +306,7 @@ def decode_state(raw: bytes) -> UserState:
         ref, kind, ts, h = _HIST.unpack_from(view, at)
         at += _HIST.size
         if ref == _INLINE:
-            n = view[at]
-            item_id = bytes(view[at + 1 : at + 1 + n]).decode()
-            at += 1 + n
+            item_id, at = _read_id(view, at)
         else:
             item_id = ids[ref]
         history.append(HistoryEntry(item_id, KINDS[kind], ts, h))

@@ -501,16 +501,9 @@ def test_partition_state_defaults():
     assert part.trending.n_buckets == 7
 
 
-# ---------------------------------------------------------------- bugs found (strict xfail)
+# ---------------------------------------------------------------- bugs found in review (fixed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: an item id of <= 128 characters (valid for ProductUpload and Interaction) can "
-    "be over 255 UTF-8 bytes; UserState.to_bytes refuses it and fold_batch raises for the whole "
-    "batch instead of folding it or dead-lettering the record",
-)
 def test_item_id_over_255_utf8_bytes_does_not_break_the_batch():
     from streams.events import Interaction, ProductUpload
 
@@ -535,12 +528,6 @@ def test_item_id_over_255_utf8_bytes_does_not_break_the_batch():
     assert "u2" in folded.states and b"u2" in folded.writes.users
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: rank_batch's docstring says 'in the order of their newest events', but "
-    "Folded.last_event keeps each user's first insertion position, so the records come out in "
-    "the order of the users' first events in the batch",
-)
 def test_recommendations_in_the_order_of_the_users_newest_events():
     s = _settings()
     records = [
