@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(args, metrics: dict, extra: dict, predictions: dict | None) -> int:
     report = {"metrics": metrics, **extra}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     summary = summarise(metrics, extra)
     args.out.with_suffix(".md").write_text(summary)
