@@ -46,6 +46,8 @@ def build_app(settings: Settings) -> VrecApp:
         # A killed worker's partitions move on after this long (Faust's default is 60 s).
         broker_session_timeout=settings.session_timeout_s,
         broker_rebalance_timeout=settings.session_timeout_s,
+        producer_linger=settings.producer_linger_s,
+        producer_max_batch_size=settings.producer_batch_bytes,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
         web_host="127.0.0.1",

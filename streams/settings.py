@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     table_store: str = "memory://"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     session_timeout_s: float = Field(20.0, gt=0, description="consumer group session timeout")
+    # the producer waits this long to fill a batch: fewer, larger produce requests (Faust's
+    # default 0 sent one request per record under load: 12% of the worker in socket writes)
+    producer_linger_s: float = Field(0.005, ge=0)
+    producer_batch_bytes: int = Field(256 * 1024, ge=1024)
     web_port: int = 6066
     # "json": one JSON object per log line (streams/logs.py); "text": human-readable
     log_format: Literal["text", "json"] = "text"
