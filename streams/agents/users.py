@@ -55,7 +55,7 @@ def register(
     parts = rt.partitions
 
     def stored_state(user_id: str) -> bytes | None:
-        return tables.users.get(user_id.encode())
+        return tables.users.data.get(user_id.encode())
 
     async def candidates_for(states: Mapping[str, UserState], ctx) -> dict[str, Candidates] | None:
         """The visual ranker's nearest neighbours per user, from the store thread."""
@@ -91,12 +91,41 @@ def register(
             )
             await topics.trending.send(key=str(partition).encode(), value=rec.to_bytes())
 
-    def write(table: faust.TableT, writes: Mapping[bytes, bytes | None]) -> None:
+    producer = app.producer
+    recommendations_topic = topics.recommendations.get_topic_name()
+    direct = s.processing_guarantee != "exactly_once"
+
+    async def write(
+        table: faust.TableT, partition: int, writes: Mapping[bytes, bytes | None]
+    ) -> None:
+        """Apply a batch's writes to a table and its changelog.
+
+        The changelog records go straight to the producer: Faust's ``table[key] = value``
+        hands each one to a buffer drained by one task, one loop iteration per record (and
+        stalls the stream when more than 100 wait), which cost more than the ranking. The
+        offset commit's flush still waits for them (DurableProducer.flush flushes aiokafka).
+        Under exactly_once the table API keeps the writes inside Faust's transaction.
+        """
+        if not direct:
+            for key, value in writes.items():
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
+            return
+        store, changelog = table.data, table.changelog_topic.get_topic_name()
         for key, value in writes.items():
             if value is None:
-                table.pop(key, None)
+                if key not in store:
+                    continue
+                del store[key]
             else:
-                table[key] = value
+                store[key] = value
+            await producer.send(changelog, key, value, partition, None, None)
+
+    async def publish(rec) -> None:  # streams.events.Recommendation
+        key = rec.user_id.encode()
+        await producer.send(recommendations_topic, key, rec.to_bytes(), None, None, None)
 
     async def fold_and_publish(partition: int, events: Sequence[faust.EventT]) -> None:
         if not events:
@@ -119,13 +148,13 @@ def register(
         ctx = rank_context(part, rt.catalogue, rank_cfg)
         candidates = await candidates_for(folded.states, ctx)
         for rec in rank_batch(folded, ctx, model_id=rt.model_id, candidates=candidates):
-            await topics.recommendations.send(key=rec.user_id.encode(), value=rec.to_bytes())
+            await publish(rec)
         parts.dirty.add(partition)
         # Durable state last: a crash before these lines redelivers the batch.
-        write(tables.trending, folded.writes.trending)
-        write(tables.copurchase, folded.writes.copurchase)
-        write(tables.active, folded.writes.active)
-        write(tables.users, folded.writes.users)
+        await write(tables.trending, partition, folded.writes.trending)
+        await write(tables.copurchase, partition, folded.writes.copurchase)
+        await write(tables.active, partition, folded.writes.active)
+        await write(tables.users, partition, folded.writes.users)
 
     async def close_days(partition: int, tick: Tick, offset: int) -> None:
         """Re-rank and publish the users active in the partition's days before the tick's."""
@@ -154,10 +183,14 @@ def register(
                         trigger="day_close",
                         as_of=(partition, offset),
                     )
-                    await topics.recommendations.send(key=user_id.encode(), value=rec.to_bytes())
+                    await publish(rec)
                 for bucket in closing[user_id]:  # after publishing: a crash re-ranks again
                     part.active.discard(partition, bucket, user_id)
-                    tables.active.pop(active_key(partition, bucket, user_id), None)
+                await write(
+                    tables.active,
+                    partition,
+                    {active_key(partition, b, user_id): None for b in closing[user_id]},
+                )
             await asyncio.sleep(0)  # let commits, heartbeats and other agents run
         if closing:
             log.info("day close on partition %d: %d users re-ranked", partition, len(closing))
