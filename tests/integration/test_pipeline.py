@@ -42,6 +42,18 @@ def sample():
     return products, events
 
 
+# The micro-batched users agent on two partitions (56af14a .. e5595de): the first record of some
+# batches is lost, a second copy of the previous batch's last record (of the partition handled
+# last) taking its place. Timing-dependent (more frequent when ranking awaits the store thread:
+# the visual ranker), hence not strict.
+LOSES_EVENTS = pytest.mark.xfail(
+    reason="users agent on two partitions loses the first record of some batches (a copy of the "
+    "previous batch's last record instead; likely take_events' buffer task reading "
+    "stream.current_event after the agent set it with stream._set_current_event)",
+    strict=False,
+)
+
+
 def make_settings(tmp_path: Path, bootstrap: str, **overrides) -> Settings:
     return isolated_run(
         Settings(broker=bootstrap, data_dir=tmp_path),
@@ -73,24 +85,13 @@ def event_recs(pipe: Pipeline) -> list[Recommendation]:
     return [r for r in recs if r.trigger == "event"]
 
 
-def caught_up(pipe: Pipeline, ids: set[str]) -> bool:
-    """Every event in ``ids`` reached user-events and every user's recommendation after their
-    last folded event is published (a later batch can only hold later events)."""
-    folded = folded_events(read_all(pipe, "user_events"))
-    if not ids <= {e["event_id"] for evs in folded.values() for e in evs}:
-        return False
-    last = {r.user_id: r.event_id for r in event_recs(pipe)}
-    return all(last.get(u) == evs[-1]["event_id"] for u, evs in folded.items())
-
-
 def replay_all(pipe: Pipeline, events: list[Interaction], timeout: float = 600.0) -> None:
-    """Send the events; wait until the worker has published what follows from all of them."""
+    """Send the events; wait until the worker has committed every input record (what it
+    published before is flushed by then). Whether it published what it should is for
+    check_against_reference to say (an event it lost must not make this wait forever)."""
     assert pipe.replayer is not None
     pipe.replayer.send_events(events)
-    ids = {e.event_id for e in events}
-    pipe.wait_until(
-        "every user's last event to be processed", lambda: caught_up(pipe, ids), timeout
-    )
+    pipe.wait_drained(timeout)
 
 
 def catalogue(pipe: Pipeline) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
@@ -111,8 +112,13 @@ def check_against_reference(pipe: Pipeline, settings: Settings, sent_ids: set[st
     assert {e["event_id"] for evs in folded.values() for e in evs} == sent_ids
     assert n_events == len(sent_ids)
     assert {r.user_id for r in recs} == set(folded), "every user with events gets a list"
-    last = {r.user_id: r for r in recs}
-    assert all(last[u].event_id == evs[-1]["event_id"] for u, evs in folded.items())
+    last = {r.user_id: r.event_id for r in recs}
+    behind = [
+        (u, last[u], evs[-1]["event_id"])
+        for u, evs in folded.items()
+        if last[u] != evs[-1]["event_id"]
+    ]
+    assert not behind, f"{len(behind)} users' last list is not after their last event: {behind[:3]}"
     assert len({r.event_id for r in recs}) == len(recs), "no duplicates without a restart"
     assert len(recs) <= n_events
     if one_per_event(settings):
@@ -202,6 +208,19 @@ def test_seen_policy_excludes_views_too(kafka_broker, tmp_path, sample):
     assert n_views > 50
 
 
+@LOSES_EVENTS
+def test_two_partitions_match_reference(kafka_broker, tmp_path, sample):
+    """Two user-events partitions, each with its own popularity: every list equals the
+    reference as of the offset of its own partition it was computed at."""
+    products, events = sample
+    settings = make_settings(tmp_path, kafka_broker.bootstrap, partitions=2)
+    with Pipeline(settings) as pipe:
+        pipe.index(products)
+        replay_all(pipe, events)
+        out = check_against_reference(pipe, settings, {e.event_id for e in events})
+    assert {r.partition for r in out["user_events"]} == {0, 1}
+
+
 def _final_state(pipe: Pipeline, settings: Settings, embeddings: dict[str, np.ndarray]):
     """The user table as its changelog says (last value per key) and the last rec per user."""
     changelog = f"{settings.app_id}-users-changelog"
@@ -281,7 +300,7 @@ def test_restart_mid_replay_gives_same_final_state(kafka_broker, tmp_path, sampl
         pipe.restart(sig)
         processed_before = progress(pipe)
         assert processed_before < len(events) * 0.9, "stop must land in the middle of the replay"
-        pipe.wait_until("all events processed after the restart", lambda: caught_up(pipe, ids))
+        pipe.wait_drained()  # all processed after the restart
         embeddings, payloads = catalogue(pipe)
         table_b, last_b = _final_state(pipe, interrupted, embeddings)
         user_events = pipe.read("user_events", idle=1.0, timeout=60)

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_pipeline import check_against_reference, one_per_event, replay_all
+from test_pipeline import LOSES_EVENTS, check_against_reference, one_per_event, replay_all
 
 from streams.harness import Pipeline
 from streams.replay import read_hm_items, read_log
@@ -35,14 +35,16 @@ def hybrid_settings(tmp_path: Path, bootstrap: str, **overrides) -> Settings:
 
 
 # "batches": the default micro-batches; "per-event": batch_max=1 (a worker without the
-# setting is per-event already)
-BATCHING = {
-    "batches": {},
-    "per-event": {"batch_max": 1} if "batch_max" in Settings.model_fields else {},
-}
+# setting is per-event already); "two-partitions": batches over two user-events partitions
+# (each with its own popularity and co-purchase counts)
+PER_EVENT = {"batch_max": 1} if "batch_max" in Settings.model_fields else {}
+BATCHING = {"batches": {}, "per-event": PER_EVENT, "two-partitions": {"partitions": 2}}
 
 
-@pytest.mark.parametrize("batching", list(BATCHING))
+@pytest.mark.parametrize(
+    "batching",
+    [pytest.param(b, marks=LOSES_EVENTS) if b == "two-partitions" else b for b in BATCHING],
+)
 def test_hybrid_replay_matches_reference(kafka_broker, tmp_path, sample, batching):
     products, events = sample
     settings = hybrid_settings(tmp_path, kafka_broker.bootstrap, **BATCHING[batching])
@@ -53,6 +55,8 @@ def test_hybrid_replay_matches_reference(kafka_broker, tmp_path, sample, batchin
         out = check_against_reference(pipe, settings, ids)
         assert pipe.dead_letters() == []
     recs = out["recs"]
+    as_of = {getattr(r, "as_of_partition", None) for r in recs} - {None}
+    assert not as_of or as_of == set(range(settings.partitions))
     if one_per_event(settings):
         assert len(recs) == len(events)
     else:  # the replay outruns the worker: its batches hold several events of a user
