@@ -507,6 +507,23 @@ def running(settings: Settings, keep_topics: bool = False) -> Iterator[Any]:
                     print(f"could not delete this run's topics: {exc}")
 
 
+@contextlib.contextmanager
+def extra_workers(settings: Settings, workers: int) -> Iterator[list[Any]]:
+    """``workers - 1`` more worker processes in the same consumer group (their own data
+    folders: each holds its own Qdrant Edge replica)."""
+    from streams.harness import WorkerProcess
+
+    procs = []
+    try:
+        for n in range(1, workers):
+            own = settings.model_copy(update={"data_dir": settings.data_dir / f"worker{n}"})
+            procs.append(WorkerProcess(own, own.data_dir / "worker.log").start())
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
 def _report(out: dict[str, Any], path: Path | None) -> None:
     for k, v in out.items():
         print(f"{k:36s} {json.dumps(v) if isinstance(v, (dict, list)) else v}")
@@ -542,6 +559,9 @@ def main_stream(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=float, default=14.0, help="event-time span of the log")
     ap.add_argument("--drain-timeout", type=float, default=1800.0)
     ap.add_argument("--legacy-users", type=int, default=300, help="users ranked the old way")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="worker processes (use with --partitions 2)"
+    )
     args = ap.parse_args(argv)
     loads = [float(x) for x in args.loads.split(",") if x.strip()]
 
@@ -569,12 +589,13 @@ def main_stream(argv: list[str] | None = None) -> int:
 
     sent_at: dict[str, float] = {}
     load_ids: list[set[str]] = []
-    with running(settings, args.keep_topics) as pipe:
+    with running(settings, args.keep_topics) as pipe, extra_workers(settings, args.workers):
         replayer = pipe.replayer
         assert replayer is not None
         _index(pipe, products, out)
         rss0 = worker_rss(pipe)
         out["rss_baseline_bytes"] = rss0
+        out["workers"] = args.workers
 
         for rate, part in zip(loads, parts):
             print(f"offered load {rate:g} events/s: {len(part)} events ...", flush=True)

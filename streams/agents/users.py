@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 
 import faust
+import faust.streams as faust_streams
 
 from streams.deadletters import DeadLetterSink
 from streams.events import Tick, is_tick
@@ -40,6 +42,20 @@ from streams.userbatch import FoldConfig, InputRecord, fold_batch, rank_batch, r
 from streams.userstate import UserState
 
 log = logging.getLogger(__name__)
+
+
+def as_current_event(event: faust.EventT) -> None:
+    """Make ``event`` this task's current event for the table stores.
+
+    faust-streaming 0.15.3: take_events() reads the stream in a background task, so the agent's
+    task has no current event; the table API then raises "Cannot modify table key from outside
+    of stream iteration" and the RocksDB store cannot pick its partition database (both read the
+    ``current_event`` context variable). Only the context variable is set here:
+    ``Stream._set_current_event`` would also replace the stream's own ``current_event``, which
+    take_events' buffer reads for the next record -- a record of the other partition was then
+    buffered twice and the real one lost (seen on two partitions).
+    """
+    faust_streams._current_event.set(weakref.ref(event))
 
 
 def _is_tick(value: bytes) -> bool:
@@ -204,11 +220,7 @@ def register(
             for ev in batch:
                 by_partition.setdefault(ev.message.partition, []).append(ev)
             for partition, events in sorted(by_partition.items()):
-                # faust-streaming 0.15.3: take_events() reads the stream in a background task,
-                # so this task has no current event and table writes raise "Cannot modify table
-                # key from outside of stream iteration" (they route to the changelog partition
-                # of the current event). Every event of this group has the same partition.
-                stream._set_current_event(events[-1])
+                as_current_event(events[-1])  # every event of the group has its partition
                 segment: list[faust.EventT] = []
                 for ev in events:
                     try:

@@ -128,6 +128,7 @@ def test_bad_input_goes_to_dead_letters_and_nothing_is_lost(kafka_broker, tmp_pa
         max_image_bytes=MAX_IMAGE_BYTES,
         encoder_batch=4,
         embedding_cache=str(tmp_path / "emb.sqlite") if cache else "",
+        batch_max=1,  # one list per event: every good event is matched to its own list
     )
     real = read_hm_items(SAMPLE / "items.csv", limit=5)
     bad_products, good_products = hostile_products(real, tmp_path)

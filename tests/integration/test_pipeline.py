@@ -42,18 +42,6 @@ def sample():
     return products, events
 
 
-# The micro-batched users agent on two partitions (56af14a .. e5595de): the first record of some
-# batches is lost, a second copy of the previous batch's last record (of the partition handled
-# last) taking its place. Timing-dependent (more frequent when ranking awaits the store thread:
-# the visual ranker), hence not strict.
-LOSES_EVENTS = pytest.mark.xfail(
-    reason="users agent on two partitions loses the first record of some batches (a copy of the "
-    "previous batch's last record instead; likely take_events' buffer task reading "
-    "stream.current_event after the agent set it with stream._set_current_event)",
-    strict=False,
-)
-
-
 def make_settings(tmp_path: Path, bootstrap: str, **overrides) -> Settings:
     return isolated_run(
         Settings(broker=bootstrap, data_dir=tmp_path),
@@ -208,7 +196,6 @@ def test_seen_policy_excludes_views_too(kafka_broker, tmp_path, sample):
     assert n_views > 50
 
 
-@LOSES_EVENTS
 def test_two_partitions_match_reference(kafka_broker, tmp_path, sample):
     """Two user-events partitions, each with its own popularity: every list equals the
     reference as of the offset of its own partition it was computed at."""

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_pipeline import LOSES_EVENTS, check_against_reference, one_per_event, replay_all
+from test_pipeline import check_against_reference, one_per_event, replay_all
 
 from streams.harness import Pipeline
 from streams.replay import read_hm_items, read_log
@@ -43,7 +43,7 @@ BATCHING = {"batches": {}, "per-event": PER_EVENT, "two-partitions": {"partition
 
 @pytest.mark.parametrize(
     "batching",
-    [pytest.param(b, marks=LOSES_EVENTS) if b == "two-partitions" else b for b in BATCHING],
+    BATCHING,
 )
 def test_hybrid_replay_matches_reference(kafka_broker, tmp_path, sample, batching):
     products, events = sample
