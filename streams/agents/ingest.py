@@ -44,8 +44,6 @@ def parse_input(raw: bytes, kind: str) -> Interaction | Tick:
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
     s = rt.settings
     purchases_topic = s.topics.full("purchases")
-    user_events_topic = topics.user_events.get_topic_name()
-    producer = app.producer
 
     @app.agent(topics.interactions, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
@@ -66,7 +64,4 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                     reason = f"unknown item_id {event.item_id!r}"
                     await dead.send(reason, ev.value, message=msg, stage="ingest")
                     continue
-                # straight to the producer (Topic.send's per-record machinery cost more than
-                # the validation); partitioned by key like every keyed record
-                key = event.user_id.encode()
-                await producer.send(user_events_topic, key, event.to_bytes(), None, None, None)
+                await topics.user_events.send(key=event.user_id.encode(), value=event.to_bytes())

@@ -8,12 +8,12 @@ malformed records; the table writes applied to plain dicts stand in for the Faus
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from state_canon import canon
 
 from streams.catalogue import Catalogue
 from streams.ranking import Trending
@@ -107,23 +107,6 @@ class Tables:
 
     def snapshot(self) -> dict[str, dict[bytes, bytes]]:
         return {n: dict(getattr(self, n)) for n in ("users", "trending", "copurchase", "active")}
-
-
-def _bits(x):
-    return None if x is None else struct.pack("<d", x)
-
-
-def canon(s: UserState) -> tuple:
-    return (
-        s.user_id,
-        _bits(s.wsum),
-        _bits(s.ref_ts),
-        _bits(s.last_ts),
-        s.n_events,
-        [(i, *map(_bits, (v.vw, v.rep, v.bought_ts, v.touched_ts))) for i, v in s.items.items()],
-        [(h.item_id, h.kind, _bits(h.ts), h.event_hash) for h in s.history],
-        sorted(s.offsets.items()),
-    )
 
 
 def _part_view(part: PartitionState) -> tuple:

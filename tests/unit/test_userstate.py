@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import random
-import struct
 
 import numpy as np
 import pytest
+from state_canon import canon
 
 from streams.catalogue import Catalogue
 from streams.userstate import (
@@ -442,28 +442,6 @@ def test_empty_event_id_in_history_does_not_match_empty_query():
 
 
 # ---------------------------------------------------------------- serialisation
-
-
-def _f(x: float | None) -> bytes | None:
-    return None if x is None else struct.pack("<d", x)
-
-
-def canon(s: UserState) -> tuple:
-    """Every field of a state, floats as their bit patterns (so -0.0 != 0.0), orders kept."""
-    return (
-        s.user_id,
-        _f(s.wsum),
-        _f(s.ref_ts),
-        _f(s.last_ts),
-        s.n_events,
-        [
-            (i, _f(st.vw), _f(st.rep), _f(st.bought_ts), _f(st.touched_ts))
-            for i, st in s.items.items()
-        ],
-        [(h.item_id, h.kind, _f(h.ts), h.event_hash) for h in s.history],
-        sorted(s.offsets.items()),
-        [type(p) for p in s.offsets],
-    )
 
 
 def test_to_bytes_from_bytes_round_trip_exact():

@@ -16,6 +16,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from state_canon import canon
 
 from streams.userstate import KINDS, DecayConfig, HistoryEntry, ItemStat, UserState
 
@@ -32,28 +33,6 @@ _BROKEN = {**_SETTINGS, "max_examples": MAX_BROKEN}
 # bytes, invalid UTF-8), struct.error (a fixed-size field cut short) and IndexError (a count
 # byte cut off, an item index or kind byte out of range; see test_truncated_payload_...).
 DECODE_ERRORS = ValueError  # decode_state wraps every decoding failure in ValueError
-
-
-def _bits(x: float | None) -> bytes | None:
-    return None if x is None else struct.pack("<d", x)
-
-
-def canon(s: UserState) -> tuple:
-    """Every field of a state, floats as bit patterns, item and history order kept."""
-    return (
-        s.user_id,
-        _bits(s.wsum),
-        _bits(s.ref_ts),
-        _bits(s.last_ts),
-        s.n_events,
-        [
-            (i, _bits(st.vw), _bits(st.rep), _bits(st.bought_ts), _bits(st.touched_ts))
-            for i, st in s.items.items()
-        ],
-        [(h.item_id, h.kind, _bits(h.ts), h.event_hash) for h in s.history],
-        sorted(s.offsets.items()),
-        all(type(p) is int and type(o) is int for p, o in s.offsets.items()),
-    )
 
 
 # ---------------------------------------------------------------- strategies
