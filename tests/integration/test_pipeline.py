@@ -51,9 +51,8 @@ def make_settings(tmp_path: Path, bootstrap: str, **overrides) -> Settings:
 
 
 def one_per_event(settings: Settings) -> bool:
-    """True when the users agent publishes a recommendation for every event (batches of one;
-    a worker without micro-batches)."""
-    return getattr(settings, "batch_max", 1) == 1
+    """True when the users agent publishes a recommendation for every event (batches of one)."""
+    return settings.batch_max == 1
 
 
 def processing_order(user_events) -> list[dict]:

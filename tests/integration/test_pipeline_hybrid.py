@@ -34,11 +34,9 @@ def hybrid_settings(tmp_path: Path, bootstrap: str, **overrides) -> Settings:
     return settings
 
 
-# "batches": the default micro-batches; "per-event": batch_max=1 (a worker without the
-# setting is per-event already); "two-partitions": batches over two user-events partitions
-# (each with its own popularity and co-purchase counts)
-PER_EVENT = {"batch_max": 1} if "batch_max" in Settings.model_fields else {}
-BATCHING = {"batches": {}, "per-event": PER_EVENT, "two-partitions": {"partitions": 2}}
+# "batches": the default micro-batches; "per-event": batch_max=1; "two-partitions": batches
+# over two user-events partitions (each with its own popularity and co-purchase counts)
+BATCHING = {"batches": {}, "per-event": {"batch_max": 1}, "two-partitions": {"partitions": 2}}
 
 
 @pytest.mark.parametrize(
