@@ -294,11 +294,9 @@ async def rank_one(
     state: UserState, ctx: RankContext, search: CandidateSearch
 ) -> tuple[list[Scored], str]:
     """One user's list now (the web API): the visual ranker's candidates come from ``search``."""
-    candidates = None
-    query = visual_queries({state.user_id: state}, ctx).get(state.user_id)
-    if ctx.config.ranker != "hybrid" and query is not None:
-        unit, exclude = query
-        candidates = await search(unit, 2 * ctx.config.k, exclude)
-    return rank_states({state.user_id: state}, ctx, {state.user_id: candidates or []})[
-        state.user_id
-    ]
+    users = {state.user_id: state}
+    candidates: dict[str, Candidates] = {}
+    if ctx.config.ranker != "hybrid":
+        for user_id, (unit, exclude) in visual_queries(users, ctx).items():
+            candidates[user_id] = await search(unit, 2 * ctx.config.k, exclude)
+    return rank_states(users, ctx, candidates)[state.user_id]
