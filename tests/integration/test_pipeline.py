@@ -25,21 +25,10 @@ from reference import (
 
 from streams.events import Interaction, Recommendation
 from streams.harness import Pipeline
-from streams.replay import read_hm_items, read_log
-from streams.settings import REPO_ROOT, Settings, isolated_run
+from streams.settings import Settings, isolated_run
 from streams.userstate import UserState
 
-SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
-
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def sample():
-    products = read_hm_items(SAMPLE / "items.csv")
-    _, events = read_log(SAMPLE / "events.jsonl")
-    assert len(products) == 200 and len(events) == 2000
-    return products, events
 
 
 def make_settings(tmp_path: Path, bootstrap: str, **overrides) -> Settings:

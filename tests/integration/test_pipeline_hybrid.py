@@ -11,20 +11,9 @@ import pytest
 from test_pipeline import check_against_reference, one_per_event, replay_all
 
 from streams.harness import Pipeline
-from streams.replay import read_hm_items, read_log
-from streams.settings import REPO_ROOT, Settings, isolated_run
-
-SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
+from streams.settings import Settings, isolated_run
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def sample():
-    products = read_hm_items(SAMPLE / "items.csv")
-    _, events = read_log(SAMPLE / "events.jsonl")
-    assert len(products) == 200 and len(events) == 2000
-    return products, events
 
 
 def hybrid_settings(tmp_path: Path, bootstrap: str, **overrides) -> Settings:
