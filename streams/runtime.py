@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,23 +72,26 @@ class PartitionStates:
                 partition, item_id, other = parse_copurchase_key(key)
                 self.get(partition).copurchase.load_cell(item_id, other, int(value))
         n = 0
-        for key, value in trending_table.items():
-            if value is not None:
-                partition, bucket, item_id = parse_trending_key(key)
-                self.trending(partition).load_cell(bucket, item_id, json.loads(value))
-                n += 1
+        for partition, bucket, item_id, counts in _trending_cells(trending_table):
+            self.trending(partition).load_cell(bucket, item_id, counts)
+            n += 1
         self.loaded = True
         log.info("partition state restored: %d trending cells, %d partitions", n, len(self._parts))
 
     def read_trending(self, table: Any, partition: int) -> Trending:
         """A partition's trending counts read from its table (leaves the mirrors alone)."""
         tr = self.new_trending()
-        for key, value in table.items():
-            if value is not None:
-                p, bucket, item_id = parse_trending_key(key)
-                if p == partition:
-                    tr.load_cell(bucket, item_id, json.loads(value))
+        for p, bucket, item_id, counts in _trending_cells(table):
+            if p == partition:
+                tr.load_cell(bucket, item_id, counts)
         return tr
+
+
+def _trending_cells(table: Any) -> Iterator[tuple[int, int, str, list[int]]]:
+    """(partition, bucket, item, counts) of every live cell of the trending table."""
+    for key, value in table.items():
+        if value is not None:
+            yield (*parse_trending_key(key), json.loads(value))
 
 
 @dataclass
