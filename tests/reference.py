@@ -26,7 +26,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +48,9 @@ class Expected:
     # per item, the reasons that are right: the largest contribution (and any other within
     # the comparison tolerance of it, whose order is float noise); empty: reasons not checked
     reasons: tuple[frozenset[str], ...] = ()
+    # items just past the cut whose score ties the last one kept (within the comparison
+    # tolerance), with their reasons: float noise may put one of them in the list instead
+    ties: Mapping[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -307,6 +310,8 @@ def _hybrid(
         }
         rows.append((j, sum(parts.values()), parts))
     rows.sort(key=lambda r: (-r[1], r[0]))
+    tied = _ties_past_cut([(j, s) for j, s, _ in rows], cfg.k)
+    ties = {j: (s, _reasons(parts)) for j, s, parts in rows[cfg.k :] if j in tied}
     rows = rows[: cfg.k]
     items = [(j, s) for j, s, _ in rows]
     reasons = [_reasons(parts) for _, _, parts in rows]
@@ -317,7 +322,16 @@ def _hybrid(
         if j not in have:
             items.append((j, s))
             reasons.append(frozenset({"trending"}))
-    return Expected(eid, user, "hybrid", items, tuple(reasons))
+    return Expected(eid, user, "hybrid", items, tuple(reasons), ties)
+
+
+def _ties_past_cut(ranked: list[tuple[str, float]], k: int, tol: float = 1e-6) -> dict[str, float]:
+    """The items after the first ``k`` of ``ranked`` (best first) whose score is within
+    ``tol`` of the k-th one's."""
+    if len(ranked) <= k:
+        return {}
+    last = ranked[k - 1][1]
+    return {i: s for i, s in ranked[k:] if last - s <= tol}
 
 
 def _reasons(parts: Mapping[str, float], tol: float = 1e-6) -> frozenset[str]:
@@ -346,11 +360,14 @@ def _visual(
     sims = emb_mat @ u / np.linalg.norm(emb_mat, axis=1)
     ranked = sorted(
         ((i, float(s)) for i, s in zip(emb_ids, sims) if i not in exclude), key=_by_score
-    )[: cfg.k]
+    )
+    visual = frozenset({"visual"})
+    ties = {i: (s, visual) for i, s in _ties_past_cut(ranked, cfg.k).items()}
+    ranked = ranked[: cfg.k]
     have = {i for i, _ in ranked}
     filled = (ranked + [(i, s) for i, s in trending if i not in have])[: cfg.k]
     reasons = [frozenset({"visual" if i in have else "trending"}) for i, _ in filled]
-    return Expected(hist[-1]["event_id"], user, "visual", filled, tuple(reasons))
+    return Expected(hist[-1]["event_id"], user, "visual", filled, tuple(reasons), ties)
 
 
 # ------------------------------------------------------------------ one partition, in order
@@ -549,7 +566,7 @@ def compare(rec, want: Expected, tol: float = 1e-6) -> str | None:
         return f"{len(got)} items != {len(want.items)}"
     if len({i for i, _ in got}) != len(got):
         return "an item listed twice"
-    score_of = dict(want.items)
+    score_of = dict(want.items) | {i: s for i, (s, _) in want.ties.items()}
     for pos, ((gi, gs), (wi, ws)) in enumerate(zip(got, want.items)):
         if abs(gs - ws) > tol:
             return f"score at {pos}: {gi} {gs!r} != {wi} {ws!r}"
@@ -557,6 +574,7 @@ def compare(rec, want: Expected, tol: float = 1e-6) -> str | None:
             return f"item at {pos}: {gi} != {wi}"
     if want.reasons:
         reasons_of = dict(zip([i for i, _ in want.items], want.reasons))
+        reasons_of |= {i: r for i, (_, r) in want.ties.items()}
         for it in rec.items:
             if it.reason not in reasons_of[it.item_id]:
                 return (

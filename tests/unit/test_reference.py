@@ -9,8 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from reference import (
+    Expected,
     RefConfig,
     check_recommendations,
+    compare,
     expected_at,
     expected_recommendations,
 )
@@ -241,3 +243,21 @@ def test_check_recommendations_as_of_a_batch():
     # an as-of offset past the partition's end is reported
     beyond = _as_published(expected_at(records, "u2", EMB, PAYLOADS, c), offset=9)
     assert "beyond" in check_recommendations([beyond], records, EMB, PAYLOADS, c)[0]
+
+
+def test_tie_at_the_cut_may_trade_places_with_the_next_item():
+    """The k-th item may be any item whose score ties the k-th score (float noise decides)."""
+    want = Expected(
+        "e",
+        "u",
+        "visual",
+        [(A, 0.9), (B, 0.5)],
+        (frozenset({"visual"}),) * 2,
+        ties={C: (0.5 - 4e-7, frozenset({"visual"}))},
+    )
+    tied = _published("u", "e", [(A, 0.9), (C, 0.5)], "visual", reasons=["visual"] * 2)
+    assert compare(tied, want) is None
+    other = _published("u", "e", [(A, 0.9), ("D", 0.5)], "visual", reasons=["visual"] * 2)
+    assert "item at 1" in compare(other, want)
+    untied = Expected(*[getattr(want, f) for f in ("event_id", "user_id", "strategy", "items")])
+    assert "item at 1" in compare(tied, untied)
