@@ -65,7 +65,7 @@ def build_app(settings: Settings) -> VrecApp:
     if "recommend" in settings.role_set:
         ingest.register(app, topics, rt, dead)
         users.register(app, topics, tables, rt, dead)
-        replica.register(app, topics, rt)
+        replica.register(app, topics, rt, dead)
 
     @app.on_rebalance_complete.connect
     async def _mirror_stale(sender, **_kw) -> None:  # noqa: ANN001 - Faust signal signature

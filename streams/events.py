@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import json
 import math
 import time
 from datetime import datetime
@@ -30,14 +32,66 @@ def _finite(ts: float) -> float:
     return ts
 
 
+def _non_finite(token: str) -> float:
+    raise ValueError(f"non-finite number {token} (only finite numbers are allowed)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite number {text[:40]} (out of the float range)")
+    return value
+
+
+def json_document(raw: bytes | bytearray | str | None) -> Any:
+    """Decode a record's JSON value; every failure is a ValueError with a clear reason.
+
+    Refused: a null value (a tombstone), a value that is not bytes or str, bytes that are not
+    UTF-8, invalid JSON, NaN / Infinity / numbers out of the float range, and nesting deeper
+    than the parser's recursion limit.
+    """
+    if raw is None:
+        raise ValueError("empty record: null value (a tombstone)")
+    if not isinstance(raw, (bytes, bytearray, str)):
+        raise ValueError(f"record value must be bytes or str, not {type(raw).__name__}")
+    if not raw:
+        raise ValueError("empty record: zero-length value")
+    try:
+        text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_non_finite, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("invalid JSON: nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc}") from None
+
+
+def json_object(raw: bytes | bytearray | str | None) -> dict[str, Any]:
+    """:func:`json_document` of a value that must be a JSON object (ValueError otherwise)."""
+    doc = json_document(raw)
+    if not isinstance(doc, dict):
+        raise ValueError(f"event must be a JSON object, not {type(doc).__name__}")
+    return doc
+
+
 def to_epoch(value: Any) -> float:
     """Accept epoch seconds (int/float/str) or an ISO-8601 date/datetime; return epoch seconds."""
     if isinstance(value, bool):
         raise ValueError("ts must be a number or an ISO date")
-    if isinstance(value, (int, float)):
-        return _finite(float(value))
+    if isinstance(value, int):
+        try:
+            return _finite(float(value))
+        except OverflowError:
+            raise ValueError("ts is out of the float range") from None
+    if isinstance(value, float):
+        return _finite(value)
     if isinstance(value, datetime):
-        return value.timestamp()
+        try:
+            return value.timestamp()
+        except (OverflowError, OSError) as exc:
+            raise ValueError(f"ts is out of range: {exc}") from None
     if isinstance(value, str):
         try:
             return _finite(float(value))
@@ -50,7 +104,10 @@ def to_epoch(value: Any) -> float:
             from datetime import timezone
 
             dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
+        try:
+            return dt.timestamp()
+        except (OverflowError, OSError) as exc:
+            raise ValueError(f"ts is out of range: {exc}") from None
     raise ValueError(f"ts must be a number or an ISO date, got {type(value).__name__}")
 
 
@@ -79,6 +136,13 @@ class ProductUpload(_Model):
     ts: float = Field(default_factory=time.time)
 
     _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
+
+    @field_validator("price")
+    @classmethod
+    def _finite_price(cls, price: float | None) -> float | None:
+        if price is not None and not math.isfinite(price):
+            raise ValueError(f"price must be a finite number, got {price}")
+        return price
 
     @model_validator(mode="after")
     def _one_image(self) -> ProductUpload:
@@ -156,7 +220,14 @@ def encode_vector(vec: np.ndarray) -> str:
 
 
 def decode_vector(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").copy()
+    """A float32 little-endian vector from base64; ValueError for bad base64 or length."""
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"vector is not valid base64: {exc}") from None
+    if len(data) % 4:
+        raise ValueError(f"vector of {len(data)} bytes: not a multiple of 4 (float32)")
+    return np.frombuffer(data, dtype="<f4").copy()
 
 
 class ItemEmbedding(_Model):
@@ -180,7 +251,12 @@ class ItemEmbedding(_Model):
 
 
 class DeadLetter(_Model):
-    """A record the worker could not use, with the reason; nothing is lost."""
+    """A record the worker could not use, with the reason; nothing is lost.
+
+    ``value_size`` and ``value_sha256`` describe the whole original value; when the letter
+    would be too large to publish, ``value_b64`` holds only a prefix of it (``truncated``),
+    and a long key is cut the same way (``key_size``, ``key_sha256``).
+    """
 
     reason: str
     topic: str
@@ -190,6 +266,11 @@ class DeadLetter(_Model):
     value_b64: str
     stage: str = ""
     ts: float = Field(default_factory=time.time)
+    value_size: int | None = None
+    value_sha256: str | None = None
+    truncated: bool = False
+    key_size: int | None = None
+    key_sha256: str | None = None
 
     @property
     def value(self) -> bytes:
