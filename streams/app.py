@@ -15,6 +15,7 @@ import faust
 
 from streams.agents import encode, ingest, replica, users
 from streams.deadletters import DeadLetterSink
+from streams.kafka_security import faust_credentials
 from streams.producer import App
 from streams.recovery import SeekFirstTableManager
 from streams.runtime import Runtime
@@ -37,6 +38,7 @@ def build_app(settings: Settings) -> VrecApp:
     app = App(
         settings.app_id,
         broker=settings.broker_url,
+        broker_credentials=faust_credentials(settings),  # VREC_KAFKA_* (SASL / SSL)
         store=settings.table_store,
         datadir=str(settings.data_dir / "faust"),
         topic_partitions=settings.partitions,

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from streams.events import Interaction
+from streams.kafka_security import client_kwargs
 from streams.settings import REPO_ROOT, Settings, get_settings, isolated_run
 
 HM = REPO_ROOT.parent / "shared" / "data" / "hm"
@@ -203,6 +204,7 @@ def _consumer(settings: Settings):
         isolation_level="read_committed",
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
+        **client_kwargs(settings),
     )
 
 
@@ -306,7 +308,7 @@ def log_dir_bytes(settings: Settings, full_names: Sequence[str]) -> dict[str, in
 
     wanted = set(full_names)
     out = dict.fromkeys(full_names, 0)
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, **client_kwargs(settings))
     try:
         resp = admin.describe_log_dirs()
         for result in _as_list(resp):
@@ -347,8 +349,12 @@ class Lag:
 
         self.settings = settings
         self.names = [settings.topics.full(t) for t in INPUTS]
-        self.admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
-        self.consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap)
+        self.admin = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap, **client_kwargs(settings)
+        )
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap, **client_kwargs(settings)
+        )
 
     def __call__(self) -> int:
         return sum(end - done for end, done in self.detail().values())
@@ -388,7 +394,7 @@ def delete_run_topics(settings: Settings) -> int:
     """Delete this run's topics (its prefix) and its Faust topics (its app id)."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, **client_kwargs(settings))
     try:
         names = [
             t
@@ -949,7 +955,10 @@ def _scale_seeded(args, settings: Settings, products, purchases, catalogue) -> i
         pipe.worker.stop(signal.SIGTERM)
         topic = changelog_name(settings, "users")
         producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap, linger_ms=50, batch_size=1 << 20
+            bootstrap_servers=settings.bootstrap,
+            linger_ms=50,
+            batch_size=1 << 20,
+            **client_kwargs(settings),
         )
         t0 = time.process_time()
         w0 = time.monotonic()
@@ -1019,7 +1028,9 @@ def _recovery(
     )
     send_all(pipe.replayer, [probe])
     found: list[dict] = []
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap, enable_auto_commit=False, **client_kwargs(settings)
+    )
     try:
         consumer.assign(list(ends))
         for tp, offset in ends.items():

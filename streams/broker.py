@@ -9,6 +9,10 @@ with Maven (``deploy/kafka/pom.xml``), :class:`KafkaBroker` formats storage, wri
 
 Layout of ``home``: ``server.properties``, ``data/`` (log.dirs, KRaft metadata), ``broker.log``
 (JVM stdout/stderr, WARN level unless ``VREC_KAFKA_LOG_LEVEL`` says otherwise) and ``broker.pid``.
+
+``sasl_users={"alice": "secret"}`` makes the client listener SASL_PLAINTEXT (mechanism PLAIN,
+those users in the broker's JAAS config) instead of PLAINTEXT; ``die_with_parent=True`` ties the
+JVM to the process that starts it (it gets SIGTERM when that one dies).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -33,6 +39,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from streams.kafka_security import explain_auth_failures
+from streams.procs import die_with_parent
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
 POM = KAFKA_DEPLOY_DIR / "pom.xml"
@@ -40,6 +49,8 @@ LOG4J_CONFIG = KAFKA_DEPLOY_DIR / "log4j2.yaml"
 DEFAULT_LIBS = REPO_ROOT / ".cache" / "kafka" / "libs"
 _MARKER = ".vrec-pom.sha256"
 _HOST = "127.0.0.1"
+_SASL_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_BROKER_USER = "vrec-broker"  # the broker's own identity on its SASL listener
 
 
 class BrokerError(RuntimeError):
@@ -190,6 +201,8 @@ class KafkaBroker:
         *,
         libs: Path | None = None,
         overrides: Mapping[str, str | int] | None = None,
+        sasl_users: Mapping[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.home = Path(home).expanduser().resolve()
         self.port = port
@@ -197,6 +210,12 @@ class KafkaBroker:
         self.heap = heap
         self.libs = libs
         self.overrides = dict(overrides or {})
+        self.sasl_users = dict(sasl_users or {})
+        for name, password in self.sasl_users.items():
+            if not _SASL_NAME.fullmatch(name) or any(c in password for c in '"\\;\n'):
+                raise BrokerError(f"SASL user {name!r}: use [A-Za-z0-9._-] names, no '\"\\;'")
+        self._broker_password = secrets.token_hex(12)
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._exit_code: int | None = None
@@ -222,6 +241,22 @@ class KafkaBroker:
     def bootstrap(self) -> str:
         return f"{_HOST}:{self.port}"
 
+    @property
+    def listener(self) -> str:
+        """The client listener's name and security protocol: PLAINTEXT or SASL_PLAINTEXT."""
+        return "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT"
+
+    def client_security(self) -> dict[str, Any]:
+        """kafka-python/aiokafka kwargs for the broker's own identity (its readiness probe)."""
+        if not self.sasl_users:
+            return {}
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": _BROKER_USER,
+            "sasl_plain_password": self._broker_password,
+        }
+
     # state -----------------------------------------------------------------------------------
     def _live_pid(self) -> int | None:
         if self._proc is not None:
@@ -244,7 +279,7 @@ class KafkaBroker:
         for line in text.splitlines():
             if line.startswith("listeners="):
                 for listener in line.split("=", 1)[1].split(","):
-                    if listener.startswith("PLAINTEXT://"):
+                    if listener.startswith(("PLAINTEXT://", "SASL_PLAINTEXT://")):
                         return int(listener.rsplit(":", 1)[1])
         return None
 
@@ -275,10 +310,14 @@ class KafkaBroker:
             "node.id": 1,
             "controller.quorum.voters": f"1@{_HOST}:{self.controller_port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listeners": f"PLAINTEXT://{_HOST}:{self.port},CONTROLLER://{_HOST}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{_HOST}:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": self.listener,
+            "listeners": (
+                f"{self.listener}://{_HOST}:{self.port},CONTROLLER://{_HOST}:{self.controller_port}"
+            ),
+            "advertised.listeners": f"{self.listener}://{_HOST}:{self.port}",
+            "listener.security.protocol.map": (
+                f"{self.listener}:{self.listener},CONTROLLER:PLAINTEXT"
+            ),
             "log.dirs": str(self.data_dir),
             "num.partitions": 1,
             "default.replication.factor": 1,
@@ -298,6 +337,22 @@ class KafkaBroker:
             # compacted topics work, but the cleaner does not take 128 MB of a small heap
             "log.cleaner.dedupe.buffer.size": 32 * 1024 * 1024,
         }
+        if self.sasl_users:
+            users = {_BROKER_USER: self._broker_password, **self.sasl_users}
+            jaas = " ".join(
+                [
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required",
+                    f'username="{_BROKER_USER}" password="{self._broker_password}"',
+                    *(f'user_{name}="{password}"' for name, password in users.items()),
+                ]
+            )
+            props.update(
+                {
+                    "sasl.enabled.mechanisms": "PLAIN",
+                    "sasl.mechanism.inter.broker.protocol": "PLAIN",
+                    "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas + ";",
+                }
+            )
         props.update(self.overrides)
         return {k: str(v) for k, v in props.items()}
 
@@ -386,6 +441,7 @@ class KafkaBroker:
                     stdin=subprocess.DEVNULL,
                     cwd=self.home,
                     start_new_session=True,
+                    preexec_fn=die_with_parent() if self.die_with_parent else None,
                 )
             self.pid_path.write_text(f"{self._proc.pid}\n")
             try:
@@ -412,7 +468,11 @@ class KafkaBroker:
                 )
             if _port_open(self.port):
                 try:
-                    list_topics(self.bootstrap, timeout=min(remaining, 5))
+                    list_topics(
+                        self.bootstrap,
+                        timeout=min(remaining, 5),
+                        security=self.client_security(),
+                    )
                     return
                 except Exception as exc:  # not answering yet
                     last_error = f"{type(exc).__name__}: {exc}"
@@ -460,7 +520,10 @@ class KafkaBroker:
         if (pid := self._live_pid()) is not None:
             raise BrokerError(f"the broker in {self.home} is already running (pid {pid})")
         libs = self._prepare()
-        proc = subprocess.Popen(self._java_cmd(libs, "kafka.Kafka", str(self.properties_path)))
+        proc = subprocess.Popen(
+            self._java_cmd(libs, "kafka.Kafka", str(self.properties_path)),
+            preexec_fn=die_with_parent(),  # attached: the broker ends with this command
+        )
         self._proc = proc
         self.pid_path.write_text(f"{proc.pid}\n")
         stopping = False
@@ -504,24 +567,33 @@ class KafkaBroker:
 # client-side helpers (kafka-python)
 
 
-def _admin(bootstrap: str, timeout_ms: int, client_id: str) -> Any:
+def _admin(
+    bootstrap: str, timeout_ms: int, client_id: str, security: Mapping[str, Any] | None = None
+) -> Any:
     from kafka.admin import KafkaAdminClient
 
     cfg: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
         "client_id": client_id,
         "request_timeout_ms": max(timeout_ms, 1000),
+        **(security or {}),
     }
     defaults = KafkaAdminClient.DEFAULT_CONFIG
     for key in ("bootstrap_timeout_ms", "api_version_auto_timeout_ms"):  # kafka-python 3.x / 2.x
         if key in defaults:
             cfg[key] = max(timeout_ms, 1000)
-    return KafkaAdminClient(**cfg)
+    with explain_auth_failures(bootstrap, security or {}):
+        return KafkaAdminClient(**cfg)
 
 
-def list_topics(bootstrap: str, timeout: float = 5) -> list[str]:
-    """Topic names via a fresh admin client; raises if the broker does not answer."""
-    admin = _admin(bootstrap, int(timeout * 1000), "vrec-broker-probe")
+def list_topics(
+    bootstrap: str, timeout: float = 5, *, security: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Topic names via a fresh admin client; raises if the broker does not answer.
+
+    ``security``: the client's security kwargs (``streams.kafka_security.client_kwargs``).
+    """
+    admin = _admin(bootstrap, int(timeout * 1000), "vrec-broker-probe", security)
     try:
         return list(admin.list_topics())
     finally:
@@ -553,11 +625,12 @@ def create_topics(
     timeout: float = 30,
     *,
     replication_factor: int = 1,
+    security: Mapping[str, Any] | None = None,
 ) -> None:
     """Create topics (existing ones are left alone) and wait until metadata shows them.
 
     Names in ``compacted`` get ``cleanup.policy=compact`` (and are created even if missing from
-    ``names``).
+    ``names``). ``security``: the admin client's security kwargs.
     """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -567,7 +640,7 @@ def create_topics(
     if not wanted:
         return
     deadline = time.monotonic() + timeout
-    admin = _admin(bootstrap, int(timeout * 1000), "vrec-create-topics")
+    admin = _admin(bootstrap, int(timeout * 1000), "vrec-create-topics", security)
     try:
         for name in wanted:
             configs = {"cleanup.policy": "compact"} if name in compact else {}
@@ -612,6 +685,13 @@ def broker_cli(argv: list[str] | None = None) -> int:
     p_start.add_argument("--foreground", action="store_true", help="stay attached, log to tty")
     p_start.add_argument("--heap", default="512m", help="JVM heap (default 512m)")
     p_start.add_argument("--timeout", type=float, default=60.0)
+    p_start.add_argument(
+        "--sasl-user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="a SASL/PLAIN user; any makes the client listener SASL_PLAINTEXT (repeatable)",
+    )
     p_stop = sub.add_parser("stop", help="stop the broker")
     p_stop.add_argument("--timeout", type=float, default=30.0)
     p_status = sub.add_parser("status", help="is it running?")
@@ -623,7 +703,13 @@ def broker_cli(argv: list[str] | None = None) -> int:
     default_home, default_port = _settings_home_and_port()
     home = args.home or default_home
     port = getattr(args, "port", None) or default_port
-    broker = KafkaBroker(home, port=port, heap=getattr(args, "heap", "512m"))
+    users = dict(u.split(":", 1) for u in getattr(args, "sasl_user", []) if ":" in u)
+    if len(users) != len(getattr(args, "sasl_user", [])):
+        parser.error("--sasl-user takes NAME:PASSWORD")
+    try:
+        broker = KafkaBroker(home, port=port, heap=getattr(args, "heap", "512m"), sasl_users=users)
+    except BrokerError as exc:
+        parser.error(str(exc))
     try:
         if args.command == "start":
             st = broker.status()

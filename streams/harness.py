@@ -19,7 +19,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from streams.events import DeadLetter, Interaction, ItemEmbedding, ProductUpload, Recommendation
+from streams.kafka_security import client_kwargs
+from streams.procs import die_with_parent
 from streams.replay import Record, Replayer, read_topic
 from streams.settings import Settings
 
@@ -36,7 +40,7 @@ def broker_reachable(bootstrap: str) -> bool:
 @contextlib.contextmanager
 def local_broker(settings: Settings):
     """Use the broker at settings.broker; start a local one there (and stop it after) if none
-    answers."""
+    answers. A broker started here gets SIGTERM if this process dies without stopping it."""
     if broker_reachable(settings.bootstrap):
         yield None
         return
@@ -45,7 +49,7 @@ def local_broker(settings: Settings):
     port = int(settings.bootstrap.rpartition(":")[2])
     print(f"starting Kafka (KRaft) on 127.0.0.1:{port} ...", flush=True)
     ensure_jars()
-    broker = KafkaBroker(settings.data_dir.parent / "kafka", port=port)
+    broker = KafkaBroker(settings.data_dir.parent / "kafka", port=port, die_with_parent=True)
     broker.start()
     try:
         yield broker
@@ -54,19 +58,31 @@ def local_broker(settings: Settings):
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that reproduce ``settings`` in a child process."""
+    """Environment variables that reproduce ``settings`` in a child process (secrets in clear:
+    a child needs the Kafka password and the Qdrant API key)."""
     env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json", exclude={"topics"}).items():
+    dumped = settings.model_dump(mode="json", exclude={"topics", "kafka"})
+    for name, value in dumped.items():
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):
+            value = secret.get_secret_value()
         if value is not None:
             complex_value = isinstance(value, (dict, list))
             env[f"VREC_{name.upper()}"] = json.dumps(value) if complex_value else str(value)
     for name, value in settings.topics.model_dump().items():
         env[f"VREC_TOPIC_{name.upper()}"] = str(value)
+    for name, value in settings.kafka.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"VREC_KAFKA_{name.upper()}"] = str(value)
     return env
 
 
 class WorkerProcess:
-    """`python -m streams.cli worker` with the given settings, logs to a file."""
+    """`python -m streams.cli worker` with the given settings, logs to a file.
+
+    The worker leads its own process group (stopped as a group) and gets SIGTERM when the
+    thread that started it dies (Linux), so it never outlives a killed test or command."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
@@ -85,6 +101,7 @@ class WorkerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         return self
 
@@ -97,13 +114,22 @@ class WorkerProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            self._signal_group(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(10)
         return self.proc.returncode
+
+    def _signal_group(self, sig: int) -> None:
+        """``sig`` to the worker's process group (the worker and anything it started)."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
 
     def log_tail(self, n: int = 60) -> str:
         try:
@@ -130,9 +156,13 @@ class Pipeline:
     def __enter__(self) -> Pipeline:
         from streams.worker import prepare_topics
 
-        prepare_topics(self.settings)
-        self.replayer = Replayer(self.settings)
-        self.worker.start()
+        try:
+            prepare_topics(self.settings)
+            self.replayer = Replayer(self.settings)
+            self.worker.start()
+        except BaseException:  # e.g. Ctrl-C / SIGTERM while starting: stop what did start
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -247,7 +277,9 @@ class Pipeline:
         from kafka import KafkaAdminClient
 
         if self._admin is None:
-            self._admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap)
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.settings.bootstrap, **client_kwargs(self.settings)
+            )
         admin, group = self._admin, self.settings.app_id  # Faust's consumer group
         # committed offsets first: what they cover was produced before the end offsets
         if hasattr(admin, "list_group_offsets"):  # kafka-python >= 3
@@ -264,7 +296,9 @@ class Pipeline:
         from kafka import KafkaConsumer, TopicPartition
 
         if self._counter is None:
-            self._counter = KafkaConsumer(bootstrap_servers=self.settings.bootstrap)
+            self._counter = KafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap, **client_kwargs(self.settings)
+            )
         tps = [
             TopicPartition(name, p)
             for name in names

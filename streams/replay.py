@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from streams.events import Interaction, ProductUpload, Tick
+from streams.kafka_security import client_kwargs
 from streams.settings import Settings
 
 
@@ -132,7 +133,11 @@ class Replayer:
 
         self.settings = settings
         self.producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap, linger_ms=5, acks="all", retries=5
+            bootstrap_servers=settings.bootstrap,
+            linger_ms=5,
+            acks="all",
+            retries=5,
+            **client_kwargs(settings),
         )
 
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
@@ -201,6 +206,7 @@ def read_topic(
         bootstrap_servers=settings.bootstrap,
         enable_auto_commit=False,
         isolation_level="read_committed",
+        **client_kwargs(settings),
     )
     try:
         parts = None

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +38,28 @@ class TopicNames(BaseSettings):
         return f"{self.prefix}{getattr(self, name)}"
 
 
+class KafkaSecurity(BaseSettings):
+    """How every Kafka client of vrec authenticates and encrypts (``VREC_KAFKA_*``).
+
+    One group for the Faust app, the replica consumer, the admin, replay and bench clients;
+    ``streams.kafka_security`` turns it into each client's keyword arguments.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VREC_KAFKA_", extra="ignore")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    # SSL / SASL_SSL: CA bundle that signed the broker's certificate ("" = the system's CAs);
+    # certfile + keyfile (PEM) for client-certificate (mutual TLS) authentication
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_key_password: SecretStr = SecretStr("")
+    ssl_check_hostname: bool = True
+
+
 class Settings(BaseSettings):
     """Everything a worker, the replay tools and the CLI need."""
 
@@ -45,6 +67,7 @@ class Settings(BaseSettings):
 
     # Kafka / Faust
     broker: str = "127.0.0.1:9092"
+    kafka: KafkaSecurity = Field(default_factory=KafkaSecurity)
     app_id: str = "vrec"
     partitions: int = Field(1, ge=1, description="partitions of the topics vrec creates")
     # memory:// rebuilds tables from their changelog topics at start (what the crash tests
@@ -82,6 +105,7 @@ class Settings(BaseSettings):
     encoder_batch: int = Field(32, ge=1)
     encoder_batch_wait_s: float = 0.2
     encoder_threads: int = 0  # 0: onnxruntime picks
+    qdrant_api_key: SecretStr | None = None  # sent as the api-key header to a Qdrant server
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000

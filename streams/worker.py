@@ -8,6 +8,7 @@ import faust
 
 from streams.app import build_app
 from streams.broker import create_topics
+from streams.kafka_security import client_kwargs
 from streams.logs import logging_config
 from streams.settings import Settings
 from streams.topics import all_topic_names, compacted_topic_names
@@ -22,6 +23,7 @@ def prepare_topics(settings: Settings) -> None:
         all_topic_names(settings),
         partitions=settings.partitions,
         compacted=compacted_topic_names(settings),
+        security=client_kwargs(settings),
     )
 
 
