@@ -10,14 +10,15 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm import tqdm
 
-from streams.events import Interaction, ProductUpload, Tick
+from streams.events import Interaction, ProductUpload, Tick, json_object
 from streams.kafka_security import client_kwargs
 from streams.settings import Settings
 
@@ -32,71 +33,119 @@ def _hm_description(row: dict[str, str]) -> str | None:
     return join_text([row.get("colour_group_name"), row.get("detail_desc")]) or None
 
 
+@contextmanager
+def _rows(path: Path, what: str) -> Iterator[Callable[[int], AbstractContextManager[None]]]:
+    """Read ``path``; errors of any row (the callable's context, given the line number) and of
+    the file itself become a ValueError naming the file and line."""
+
+    @contextmanager
+    def at(line: int) -> Iterator[None]:
+        try:
+            yield
+        except KeyError as exc:
+            raise ValueError(f"{path}:{line}: {what} without column {exc}") from None
+        except (ValueError, TypeError, AttributeError, csv.Error) as exc:
+            raise ValueError(f"{path}:{line}: invalid {what}: {_why(exc)}") from None
+
+    try:
+        yield at
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: unreadable CSV: {exc}") from None
+
+
+def _why(exc: BaseException) -> str:
+    from streams.deadletters import describe
+
+    return describe(exc)
+
+
 def read_hm_items(items_csv: Path, limit: int | None = None) -> list[ProductUpload]:
-    """H&M articles as product uploads; image paths made absolute (relative to the CSV)."""
+    """H&M articles as product uploads; image paths made absolute (relative to the CSV).
+
+    A bad row or file is a ValueError naming the file and line."""
     root = Path(items_csv).resolve().parent
     out: list[ProductUpload] = []
-    with open(items_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            out.append(
-                ProductUpload(
-                    item_id=row["article_id"],
-                    image_path=str(root / row["image_path"]),
-                    title=row.get("prod_name", ""),
-                    category=row.get("product_type_name") or None,
-                    # colour + detail_desc: with title and category, the item text of the
-                    # text vector equals encoders.text.item_text(row)
-                    description=_hm_description(row),
-                    product_code=row.get("product_code") or None,
-                    ts=0.0,
-                )
-            )
+    with open(items_csv, newline="") as f, _rows(items_csv, "item") as at:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            with at(line):
+                out.append(_hm_item(row, root))
             if limit is not None and len(out) >= limit:
                 break
     return out
 
 
+def _hm_item(row: dict[str, str], root: Path) -> ProductUpload:
+    return ProductUpload(
+        item_id=row["article_id"],
+        image_path=str(root / row["image_path"]),
+        title=row.get("prod_name", ""),
+        category=row.get("product_type_name") or None,
+        # colour + detail_desc: with title and category, the item text of the
+        # text vector equals encoders.text.item_text(row)
+        description=_hm_description(row),
+        product_code=row.get("product_code") or None,
+        ts=0.0,
+    )
+
+
 def read_hm_events(events_csv: Path) -> list[Interaction]:
-    """H&M purchases in replay order; event_id is the CSV line number."""
+    """H&M purchases in replay order; event_id is the CSV line number.
+
+    A bad row or file is a ValueError naming the file and line."""
     rows = []
-    with open(events_csv, newline="") as f:
+    with open(events_csv, newline="") as f, _rows(events_csv, "event") as at:
         for line, row in enumerate(csv.DictReader(f), start=2):
-            rows.append((row["t_dat"], int(row.get("src_row") or 0), line, row))
-    rows.sort(key=lambda r: r[:3])
-    return [
-        Interaction(
-            event_id=f"hm:{line}",
-            user_id=row["customer_id"],
-            item_id=row["article_id"],
-            ts=_day_ts(day) + 12 * 3600,
-            kind="purchase" if row.get("event_type", "purchase") == "purchase" else "view",
-            channel=int(row["sales_channel_id"]) if row.get("sales_channel_id") else None,
-        )
-        for day, _, line, row in rows
-    ]
+            with at(line):
+                rows.append((_hm_event(row, line), int(row.get("src_row") or 0), line))
+    rows.sort(key=lambda r: (r[0].ts, r[1], r[2]))
+    return [event for event, _, _ in rows]
+
+
+def _hm_event(row: dict[str, str], line: int) -> Interaction:
+    channel = row.get("sales_channel_id")
+    return Interaction(
+        event_id=f"hm:{line}",
+        user_id=row["customer_id"],
+        item_id=row["article_id"],
+        ts=_day_ts(row["t_dat"]) + 12 * 3600,
+        kind="purchase" if row.get("event_type", "purchase") == "purchase" else "view",
+        channel=int(channel) if channel else None,
+    )
 
 
 def read_jsonl(path: Path) -> tuple[list[ProductUpload], list[Interaction]]:
+    """Products and events of a vrec JSONL log, events in time order (file order within equal
+    times). A bad line or file is a ValueError naming the file and line."""
     products: list[ProductUpload] = []
     events: list[Interaction] = []
     root = Path(path).resolve().parent
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f, _rows(path, "record") as at:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            doc = json.loads(line)
-            kind = doc.get("kind")
-            if kind == "product":
-                p = ProductUpload.model_validate(doc)
-                if p.image_path and not Path(p.image_path).is_absolute():
-                    p = p.model_copy(update={"image_path": str(root / p.image_path)})
-                products.append(p)
-            elif kind in ("view", "purchase"):
-                events.append(Interaction.model_validate(doc))
+            with at(n):
+                record = _jsonl_record(line, root)
+            if isinstance(record, ProductUpload):
+                products.append(record)
             else:
-                raise ValueError(f"{path}:{n}: unknown kind {kind!r}")
+                events.append(record)
     events.sort(key=lambda e: e.ts)  # stable: file order within equal times
     return products, events
+
+
+def _jsonl_record(line: str, root: Path) -> ProductUpload | Interaction:
+    doc = json_object(line)
+    kind = doc.get("kind")
+    if kind == "product":
+        p = ProductUpload.model_validate(doc)
+        if p.image_path and not Path(p.image_path).is_absolute():
+            p = p.model_copy(update={"image_path": str(root / p.image_path)})
+        return p
+    if kind in ("view", "purchase"):
+        return Interaction.model_validate(doc)
+    raise ValueError(f"unknown kind {str(kind)[:40]!r}")
 
 
 def read_log(path: Path) -> tuple[list[ProductUpload], list[Interaction]]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import faust
 import numpy as np
-from pydantic import ValidationError
 
 from streams.deadletters import DeadLetterSink, describe
 from streams.events import ItemEmbedding, ProductUpload, encode_vector
@@ -95,11 +94,13 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
             await encode_batch(list(events))
 
     async def encode_batch(events: list[faust.EventT]) -> None:
+        """Decode, embed and store a batch; a record that fails at any step is a dead letter
+        and the others of the batch go on."""
         loop_items: list[tuple[faust.EventT, ProductUpload]] = []
         for ev in events:
             try:
-                loop_items.append((ev, ProductUpload.from_bytes(ev.value)))
-            except (ValidationError, ValueError) as exc:
+                loop_items.append((ev, decode_product(ev.value)))
+            except ValueError as exc:
                 await dead.send(describe(exc), ev.value, message=ev.message, stage="encode")
         futures = [rt.decode_pool.submit(load, p) for _, p in loop_items]
         good: list[tuple[faust.EventT, ProductUpload]] = []
@@ -112,30 +113,65 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                 await dead.send(f"image: {exc}", ev.value, message=ev.message, stage="encode")
         if not good:
             return
-        vectors: np.ndarray = await rt.in_encoder(embed_misses, loaded)
+        try:
+            outputs = await embed_and_store([p for _, p in good], loaded)
+        except Exception as exc:  # noqa: BLE001 - one record may spoil the batch: one by one
+            if len(good) == 1:
+                outputs = []
+                await _fail(good[0][0], exc)
+            else:
+                log.warning("encode batch of %d failed; retrying its records one by one", len(good))
+                outputs = []
+                for (ev, product), one in zip(good, loaded):
+                    try:
+                        outputs += await embed_and_store([product], [one])
+                    except Exception as one_exc:  # noqa: BLE001 - this record is the bad one
+                        await _fail(ev, one_exc)
+        for out in outputs:
+            await topics.item_embeddings.send(key=out.item_id.encode(), value=out.to_bytes())
+        log.info("embedded %d products (%d dead letters so far)", len(outputs), dead.count)
+
+    async def _fail(ev: faust.EventT, exc: Exception) -> None:
+        reason = f"encode: {type(exc).__name__}: {exc}"
+        log.warning("encode failed for one product: %s", reason, exc_info=exc)
+        await dead.send(reason, ev.value, message=ev.message, stage="encode")
+
+    async def embed_and_store(products: list[ProductUpload], loaded: list) -> list[ItemEmbedding]:
+        """Embed, classify and store products; their item-embeddings records, in order."""
         from streams.store import StoredItem
 
-        payloads = with_predicted_category([p for _, p in good], vectors)
-        texts: list[np.ndarray | None] = [None] * len(good)
+        vectors: np.ndarray = await rt.in_encoder(embed_misses, loaded)
+        payloads = with_predicted_category(products, vectors)
+        texts: list[np.ndarray | None] = [None] * len(products)
         if rt.text_encoder is not None:  # image + text fusion (text_weight > 0)
-            texts = await rt.in_encoder(embed_texts, [p for _, p in good])
+            texts = await rt.in_encoder(embed_texts, products)
         items = [
             StoredItem(p.item_id, {"image": v} if t is None else {"image": v, "text": t}, pl)
-            for (_, p), v, t, pl in zip(good, vectors, texts, payloads)
+            for p, v, t, pl in zip(products, vectors, texts, payloads)
+        ]
+        outputs = [
+            ItemEmbedding(
+                item_id=p.item_id,
+                model_id=rt.model_id,
+                vector_b64=encode_vector(v),
+                payload=pl,
+                ts=p.ts,
+                text_vector_b64=None if t is None else encode_vector(t),
+            )
+            for p, v, t, pl in zip(products, vectors, texts, payloads)
         ]
         await rt.in_store(rt.store.upsert, items)
-        for (_, product), vec, text, payload in zip(good, vectors, texts, payloads):
-            rt.remember(product.item_id, vec, payload)
-            out = ItemEmbedding(
-                item_id=product.item_id,
-                model_id=rt.model_id,
-                vector_b64=encode_vector(vec),
-                payload=payload,
-                ts=product.ts,
-                text_vector_b64=None if text is None else encode_vector(text),
-            )
-            await topics.item_embeddings.send(key=product.item_id.encode(), value=out.to_bytes())
-        log.info("embedded %d products (%d dead letters so far)", len(good), dead.count)
+        for p, v, pl in zip(products, vectors, payloads):
+            rt.remember(p.item_id, v, pl)
+        return outputs
+
+
+def decode_product(raw: bytes | None) -> ProductUpload:
+    """A products record as the encode agent reads it; every failure is a ValueError (a
+    ValidationError names the field, e.g. a price that is not finite)."""
+    if raw is None:
+        raise ValueError("empty record: null value (a tombstone)")
+    return ProductUpload.from_bytes(raw)
 
 
 async def _wrap(fut):

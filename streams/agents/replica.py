@@ -14,6 +14,7 @@ at every start, so each worker reports such a record again after each restart. A
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 
 import faust
@@ -41,6 +42,11 @@ def decode_item(
     """An item-embeddings record and its vectors by name, checked against the store's
     ``dims`` (a text vector only where the store has one); ValueError says what is wrong."""
     emb = ItemEmbedding.model_validate(json_object(raw))
+    price = emb.payload.get("price")
+    if price is not None and (
+        isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price)
+    ):
+        raise ValueError(f"payload price must be a finite number, got {str(price)[:40]!r}")
     vectors = {"image": _checked("image", emb.vector, dims["image"])}
     if emb.text_vector_b64 and "text" in dims:
         vectors["text"] = _checked("text", decode_vector(emb.text_vector_b64), dims["text"])
