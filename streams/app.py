@@ -33,6 +33,16 @@ class VrecApp:
     dead_letters: DeadLetterSink
 
 
+def _canonical_host(bind: str) -> str:
+    """The host name in this worker's URL: the bind address, or the machine's name for a
+    wildcard bind."""
+    if bind in ("", "0.0.0.0", "::"):
+        import socket
+
+        return socket.gethostname()
+    return bind
+
+
 def build_app(settings: Settings) -> VrecApp:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = App(
@@ -52,7 +62,15 @@ def build_app(settings: Settings) -> VrecApp:
         producer_max_batch_size=settings.producer_batch_bytes,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
-        web_host="127.0.0.1",
+        web_bind=settings.web_host,  # 127.0.0.1 unless the operator opens it
+        web_host=_canonical_host(settings.web_host),  # how other workers reach this one
+        # Faust's /router, /table, /graph, /performance and stats pages: off unless asked for,
+        # and then behind the web token (streams/web/auth.py)
+        web_router_enabled=settings.web_debug_pages,
+        web_tables_enabled=settings.web_debug_pages,
+        web_graph_enabled=settings.web_debug_pages,
+        web_stats_enabled=settings.web_debug_pages,
+        web_metrics_enabled=settings.web_debug_pages,
         table_cleanup_interval=3600.0,
         # a running worker seeks taken-over partitions before they are fetched (streams/recovery.py)
         TableManager=SeekFirstTableManager,

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     settings = isolated_run(get_settings(), "bench")
+    if settings.image_root is None:  # the worker reads the catalogue's images, nothing else
+        settings = settings.model_copy(update={"image_root": args.items.resolve().parent})
     products = read_hm_items(args.items)
     _, events = read_log(args.log)
     events = [

@@ -481,6 +481,8 @@ def bench_settings(args: argparse.Namespace, kind: str) -> Settings:
             if name not in S.model_fields:
                 raise SystemExit(f"this worker has no setting {name!r} yet")
             update[name] = value
+    if get_settings().image_root is None:  # the worker reads the catalogue's images only
+        update["image_root"] = Path(args.items).resolve().parent
     return isolated_run(get_settings(), kind, **update)
 
 

@@ -14,6 +14,8 @@ def run_demo(items: Path, log: Path, users: int = 3) -> int:
     from streams.replay import read_hm_items, read_log
 
     settings = isolated_run(get_settings(), "demo")
+    if settings.image_root is None:  # the worker reads the catalogue's images, nothing else
+        settings = settings.model_copy(update={"image_root": items.resolve().parent})
     with local_broker(settings):
         products = read_hm_items(items)
         _, events = read_log(log)

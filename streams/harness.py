@@ -25,7 +25,10 @@ from streams.events import DeadLetter, Interaction, ItemEmbedding, ProductUpload
 from streams.kafka_security import client_kwargs
 from streams.procs import die_with_parent
 from streams.replay import Record, Replayer, read_topic
-from streams.settings import Settings
+from streams.settings import REPO_ROOT, Settings
+
+#: The image root of a Pipeline whose settings name none: the test fixtures' catalogues.
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
 
 def broker_reachable(bootstrap: str) -> bool:
@@ -146,6 +149,8 @@ class Pipeline:
     """Drive a running worker through recorded input and read what it published."""
 
     def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
+        if settings.image_root is None:  # the worker reads image files only inside it
+            settings = settings.model_copy(update={"image_root": FIXTURES})
         self.settings = settings
         self.worker = WorkerProcess(settings, log_path or settings.data_dir / "worker.log")
         self.replayer: Replayer | None = None

@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     producer_linger_s: float = Field(0.005, ge=0)
     producer_batch_bytes: int = Field(256 * 1024, ge=1024)
     web_port: int = 6066
+    # the web server's bind address (0.0.0.0: every interface; then set web_token)
+    web_host: str = "127.0.0.1"
+    # bearer token(s) for the web API's write endpoints (POST /items), comma-separated so keys
+    # can be rotated; empty: writes are refused (403) unless web_open_writes opts in
+    web_token: SecretStr = SecretStr("")
+    web_open_writes: bool = False  # writes without a token (a local demo only)
+    # reads (pages, JSON API, /metrics) need the token too; /health stays open for probes
+    web_auth_reads: bool = False
+    # Faust's own pages (/router, /table, /graph, /performance, stats at /faust), token only
+    web_debug_pages: bool = False
     # "json": one JSON object per log line (streams/logs.py); "text": human-readable
     log_format: Literal["text", "json"] = "text"
     web_enabled: bool = False
@@ -109,7 +119,16 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    image_root: Path | None = None  # relative image paths resolve here
+    # a product's image_path must resolve (symlinks followed) inside this folder; relative
+    # paths resolve here. None: data_dir / "images". HTTP uploads (data_dir / "uploads") are
+    # always allowed. See image_roots.
+    image_root: Path | None = None
+    # pixels decoded at once by the encoder's decode pool (full-size decodes before the early
+    # downscale); an image over it is decoded alone
+    max_batch_pixels: int = Field(100_000_000, ge=1)
+    # images with a long side over twice this are decoded reduced (JPEG draft, reduce) to at
+    # least this long side before preprocessing
+    decode_max_side: int = Field(512, ge=64)
     # a `vrec train classify` head (folder or .onnx): uploads without a category get the
     # predicted one and its confidence in their payload; "" = off
     classifier: str = ""
@@ -177,6 +196,18 @@ class Settings(BaseSettings):
         if not parts or unknown:
             raise ValueError(f"roles must be a comma-separated subset of {ROLES}, got {value!r}")
         return ",".join(parts)
+
+    @property
+    def image_roots(self) -> tuple[Path, Path]:
+        """Folders a product's image file may lie in: the image root, then HTTP uploads."""
+        root = self.image_root if self.image_root is not None else self.data_dir / "images"
+        return root, self.data_dir / "uploads"
+
+    @property
+    def web_tokens(self) -> tuple[str, ...]:
+        """The accepted bearer tokens (``web_token`` split at commas)."""
+        raw = self.web_token.get_secret_value()
+        return tuple(t.strip() for t in raw.split(",") if t.strip())
 
     @property
     def role_set(self) -> frozenset[str]:

@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         base = _apply_sets(get_settings(), args.set)
         cache = base.embedding_cache or str(REPO_ROOT / ".cache" / "embeddings.sqlite")
         settings = isolated_run(base, "eval", top_k=args.k, embedding_cache=cache)
+        if settings.image_root is None:  # the worker reads the catalogue's images only
+            images = args.images or Path(args.items).parent
+            settings = settings.model_copy(update={"image_root": images.resolve()})
         t0 = time.monotonic()
         lists, trending, lat, timings, model_id = live_predictions(
             settings, products, history, progress=not args.no_progress

@@ -5,8 +5,9 @@ JSON API
     GET  /users/{user_id}/recommendations the user's list computed now from the users table
                                           (trending for an unknown user), with reasons
     GET  /items/{item_id}/similar?k=12    visual neighbours from the store, the item left out
-    GET  /items/{item_id}/image           the image file the item's payload names
+    GET  /items/{item_id}/image           the item's image file, re-read inside the image roots
     POST /items                           JSON ProductUpload or multipart image + fields -> 202
+                                          (needs the write token: streams/web/auth.py)
     POST /search/image?k=12               an uploaded image -> nearest items
     GET  /metrics                         Prometheus exposition (streams.metrics)
 Pages
@@ -31,7 +32,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 
 from streams import metrics as vrec_metrics
-from streams.web import pages
+from streams.web import auth, pages
 from streams.web.service import HttpError, WebService, parse_k
 
 if TYPE_CHECKING:
@@ -120,6 +121,8 @@ def register(vrec: VrecApp) -> None:
     settings = vrec.runtime.settings
     max_image = settings.max_image_bytes
     _free_root(app.web)
+    # every request, Faust's own pages included, passes the token check (streams/web/auth.py)
+    app.web.web_app.middlewares.append(auth.middleware(settings))
 
     class Base(View):
         """JSON errors for :class:`HttpError`; a logged 500 for anything else."""

@@ -55,7 +55,8 @@ h2 { font-size: 1.1rem; margin: 1.6rem 0 .6rem; }
 form.box { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 1rem;
            display: flex; gap: .8rem; flex-wrap: wrap; align-items: end; }
 form.box label { display: flex; flex-direction: column; font-size: .8rem; color: var(--muted); }
-form.box input[type=text] { padding: .35rem; border: 1px solid var(--line); border-radius: 4px; }
+form.box input[type=text], form.box input[type=password] {
+  padding: .35rem; border: 1px solid var(--line); border-radius: 4px; }
 button { padding: .45rem 1rem; border: 0; border-radius: 4px; background: var(--accent);
          color: #fff; font-weight: 600; cursor: pointer; }
 .preview { max-height: 160px; border-radius: 6px; }
@@ -210,7 +211,11 @@ async function uploadProduct(ev) {
   const out = $("#upload-result");
   out.textContent = "uploading…";
   try {
-    const data = await getJSON("/items", { method: "POST", body: new FormData(ev.target) });
+    const form = new FormData(ev.target);
+    const token = form.get("token");  // the write token travels as a header, not a field
+    form.delete("token");
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const data = await getJSON("/items", { method: "POST", body: form, headers });
     out.replaceChildren("Accepted ", el("a", { href: data.url, text: data.item_id }),
                         ": it appears once the encoder has indexed it.");
   } catch (e) {
@@ -331,6 +336,7 @@ def index_page(users: Sequence[Mapping[str, Any]], trending: Sequence[Mapping[st
     <input type="text" name="item_id" pattern="[A-Za-z0-9][A-Za-z0-9._\\-]{{0,127}}"></label>
   <label>title <input type="text" name="title"></label>
   <label>category <input type="text" name="category"></label>
+  <label>write token <input type="password" name="token" autocomplete="off"></label>
   <button type="submit">Upload</button>
   <span id="upload-result" class="muted"></span>
 </form>

@@ -15,7 +15,6 @@ import hashlib
 import itertools
 import os
 import re
-import stat
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -184,22 +183,19 @@ def _item_fields(item_id: str, payload: Mapping[str, Any] | None) -> dict[str, A
     }
 
 
-def _read_image_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
-    """The bytes and type of a regular image file (no directories, devices or non-images)."""
+def _read_image_file(
+    name: str, roots: Sequence[Path], max_bytes: int, max_pixels: int
+) -> tuple[bytes, str]:
+    """The bytes of the item's image file, read now inside ``roots`` (no symlink or folder
+    swapped in since indexing can point it elsewhere), and the MIME type of the decoded image."""
+    from encoders import ImageError
+    from encoders.preprocess import image_mime, read_confined
+
     try:
-        st = os.stat(path)
-    except OSError:
-        raise HttpError(404, "the item's image file is missing") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise HttpError(403, "the item's image path is not a regular file")
-    if st.st_size > max_bytes:
-        raise HttpError(413, "the item's image file is too large")
-    with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    ctype = sniff_image_type(data)
-    if ctype is None or len(data) > max_bytes:
-        raise HttpError(403, "refusing to serve a file that is not an image")
-    return data, ctype
+        data = read_confined(name, roots, max_bytes)
+        return data, image_mime(data, max_pixels=max_pixels)
+    except ImageError:
+        raise HttpError(404, "the item's image is not available") from None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -389,12 +385,10 @@ class WebService:
         name = payload.get("image_path")
         if not isinstance(name, str) or not name:
             raise HttpError(404, "the item has no image file")
-        path = Path(name)
-        if not path.is_absolute() and self.settings.image_root is not None:
-            path = self.settings.image_root / path
+        s = self.settings
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, _read_image_file, path, self.settings.max_image_bytes
+            None, _read_image_file, name, s.image_roots, s.max_image_bytes, s.max_image_pixels
         )
 
     # -- images in -----------------------------------------------------------------------------
@@ -446,17 +440,15 @@ class WebService:
         return path
 
     def _allowed_image_path(self, name: str) -> str:
-        root = self.settings.image_root
-        if root is None:
-            raise HttpError(
-                400, "image_path is not accepted over HTTP here: send the image (multipart/b64)"
-            )
-        root = root.resolve()
-        path = Path(name) if Path(name).is_absolute() else root / name
-        path = path.resolve()
-        if not path.is_relative_to(root):
-            raise HttpError(400, "image_path must lie inside the configured image root")
-        return str(path)
+        """The real path of an image_path sent over HTTP, if it names a file in the image roots."""
+        from encoders import ImageError
+        from encoders.preprocess import confine
+
+        s = self.settings
+        try:
+            return str(confine(name, s.image_roots, s.max_image_bytes))
+        except ImageError as exc:
+            raise HttpError(400, str(exc)) from None
 
     async def upload(self, doc: Mapping[str, Any], image: bytes | None = None) -> dict[str, Any]:
         """Publish a product upload to the products topic; the encoder agent indexes it.

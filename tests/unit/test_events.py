@@ -312,11 +312,18 @@ def test_resolve_image_base64_invalid(bad):
 
 
 def test_resolve_image_paths(tmp_path):
+    from encoders import ImageError
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jpg").write_bytes(b"a")
+    (tmp_path / "b.jpg").write_bytes(b"b")
     rel = ProductUpload(item_id="x", image_path="sub/a.jpg")
-    assert resolve_image(rel, tmp_path) == tmp_path / "sub" / "a.jpg"
-    assert resolve_image(rel, None) == Path("sub/a.jpg")
+    assert resolve_image(rel, [tmp_path]) == b"a"  # relative: under the image root
     absolute = ProductUpload(item_id="x", image_path=str(tmp_path / "b.jpg"))
-    assert resolve_image(absolute, Path("/elsewhere")) == tmp_path / "b.jpg"
+    assert resolve_image(absolute, [tmp_path]) == b"b"  # absolute inside the root
+    for roots in (None, [tmp_path / "sub"], [Path("/elsewhere")]):  # outside: refused
+        with pytest.raises(ImageError, match="inside the image root"):
+            resolve_image(absolute, roots)
 
 
 # ---------------------------------------------------------------- settings_env round trip
