@@ -160,6 +160,9 @@ class ProductUpload(_Model):
         return out
 
 
+SOURCE_VIEWS, SOURCE_PURCHASES = 0, 1
+
+
 class Interaction(_Model):
     """A view or a purchase; ``kind`` is set from the topic when absent."""
 
@@ -169,6 +172,10 @@ class Interaction(_Model):
     ts: float
     kind: EventKind = "view"
     channel: int | None = None  # sales channel (H&M: 1 = store, 2 = online), optional
+    # where the ingest agent read it: (SOURCE_VIEWS | SOURCE_PURCHASES, partition, offset); the
+    # users agent folds each source position once (a re-forward after a crash is a repeat).
+    # Set by the ingest agent only: a value sent by a client is replaced.
+    source: tuple[int, int, int] | None = None
 
     _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
 

@@ -9,7 +9,6 @@ from one dedicated thread, ONNX inference from another, image decoding from a sm
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,13 @@ from streams.catalogue import Catalogue
 from streams.ranking import Trending
 from streams.ranking.copurchase import CoPurchase
 from streams.settings import Settings
-from streams.tables import parse_active_key, parse_copurchase_key, parse_trending_key
+from streams.tables import (
+    parse_active_key,
+    parse_copurchase_key,
+    parse_copurchase_value,
+    parse_trending_key,
+    parse_trending_value,
+)
 from streams.userbatch import PartitionState
 
 log = logging.getLogger(__name__)
@@ -70,10 +75,15 @@ class PartitionStates:
         for key, value in copurchase_table.items():
             if value is not None:
                 partition, item_id, other = parse_copurchase_key(key)
-                self.get(partition).copurchase.load_cell(item_id, other, int(value))
+                count, at = parse_copurchase_value(value)
+                part = self.get(partition)
+                part.copurchase.load_cell(item_id, other, count)
+                part.applied[key] = at
         n = 0
-        for partition, bucket, item_id, counts in _trending_cells(trending_table):
-            self.trending(partition).load_cell(bucket, item_id, counts)
+        for key, (partition, bucket, item_id), counts, at in _trending_cells(trending_table):
+            part = self.get(partition)
+            part.trending.load_cell(bucket, item_id, counts)
+            part.applied[key] = at
             n += 1
         self.loaded = True
         log.info("partition state restored: %d trending cells, %d partitions", n, len(self._parts))
@@ -81,17 +91,19 @@ class PartitionStates:
     def read_trending(self, table: Any, partition: int) -> Trending:
         """A partition's trending counts read from its table (leaves the mirrors alone)."""
         tr = self.new_trending()
-        for p, bucket, item_id, counts in _trending_cells(table):
+        for _, (p, bucket, item_id), counts, _ in _trending_cells(table):
             if p == partition:
                 tr.load_cell(bucket, item_id, counts)
         return tr
 
 
-def _trending_cells(table: Any) -> Iterator[tuple[int, int, str, list[int]]]:
-    """(partition, bucket, item, counts) of every live cell of the trending table."""
+def _trending_cells(
+    table: Any,
+) -> Iterator[tuple[bytes, tuple[int, int, str], list[int], int]]:
+    """(key, (partition, bucket, item), counts, offset) of every live trending cell."""
     for key, value in table.items():
         if value is not None:
-            yield (*parse_trending_key(key), json.loads(value))
+            yield (key, parse_trending_key(key), *parse_trending_value(value))
 
 
 @dataclass
@@ -158,6 +170,7 @@ class Runtime:
             s.store,
             path=s.data_dir / "qdrant",
             url=s.qdrant_url,
+            api_key=s.qdrant_api_key,
             collection=s.collection,
             vector_dims=dims,
         ).result()

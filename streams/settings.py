@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     # vector store
     store: Literal["edge", "qdrant", "qdrant-local", "qdrant-memory"] = "edge"
     qdrant_url: str = "http://127.0.0.1:6333"
+    qdrant_api_key: SecretStr | None = None  # sent as the api-key header to a Qdrant server
     collection: str = "items"
 
     # encoder
@@ -115,7 +116,6 @@ class Settings(BaseSettings):
     encoder_batch: int = Field(32, ge=1)
     encoder_batch_wait_s: float = 0.2
     encoder_threads: int = 0  # 0: onnxruntime picks
-    qdrant_api_key: SecretStr | None = None  # sent as the api-key header to a Qdrant server
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -161,6 +161,14 @@ class Settings(BaseSettings):
     # a clock mark (events.Tick) re-ranks the users active in the days it closes
     day_close_refresh: bool = True
     day_close_slice: int = Field(500, ge=1, description="users re-ranked between two yields")
+    # event-time policy (streams/eventtime.py), applied by the ingest agent to interactions and
+    # clock marks: ts at most max_future_s past the Kafka record's timestamp, at most max_jump_s
+    # (plus the record timestamps' advance) past the source partition's newest ts, at most
+    # max_late_s behind it (None: no limit); a record outside goes to dead-letters or is clamped
+    event_time_max_future_s: float = Field(3600.0, ge=0)
+    event_time_max_jump_s: float = Field(7 * 86_400.0, ge=0)
+    event_time_max_late_s: float | None = Field(30 * 86_400.0, ge=0)
+    event_time_policy: Literal["dead_letter", "clamp"] = "dead_letter"
 
     # users agent micro-batches: at most batch_max user-events, waiting at most batch_within_s;
     # one recommendation per user per batch (their latest event's). batch_max=1: one per event

@@ -1,8 +1,15 @@
 """Changelog-backed Faust tables (``Settings.table_store``: in memory, rebuilt from the changelog
-at start, by default) and their key layouts."""
+at start, by default), their key layouts and value layouts.
+
+Each trending and co-purchase cell holds the ``user-events`` offset of the last record that
+changed it. A batch redelivered after a crash that wrote some of its cells but not the user
+states folds again, and a cell already holding a record's effect (its offset >= the record's) is
+not counted twice.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import faust
@@ -21,8 +28,9 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> faust.TableT:
 @dataclass(frozen=True)
 class Tables:
     users: faust.TableT  # user_id -> UserState bytes (streams.userstate binary layout)
-    trending: faust.TableT  # b"<partition>|<bucket>|<item_id>" -> JSON counts per kind
-    # b"<partition>|<len(item)>|<item><neighbour>" -> ASCII count (one cell per pair)
+    # b"<partition>|<bucket>|<item_id>" -> JSON [count per kind..., offset] (trending_value)
+    trending: faust.TableT
+    # b"<partition>|<len(item)>|<item><neighbour>" -> b"<count> <offset>" (one cell per pair)
     copurchase: faust.TableT
     active: faust.TableT  # b"<partition>|<bucket>|<user_id>" -> b"1" (streams.dayclose)
 
@@ -58,3 +66,23 @@ def copurchase_key(partition: int, item_id: str, other: str) -> bytes:
 def parse_copurchase_key(key: bytes) -> tuple[int, str, str]:
     p, n, pair = key.decode().split("|", 2)
     return int(p), pair[: int(n)], pair[int(n) :]
+
+
+def trending_value(counts: list[int], offset: int) -> bytes:
+    return json.dumps([*counts, offset]).encode()
+
+
+def parse_trending_value(raw: bytes) -> tuple[list[int], int]:
+    """(count per kind, offset of the last record counted)."""
+    *counts, offset = json.loads(raw)
+    return [int(c) for c in counts], int(offset)
+
+
+def copurchase_value(count: int, offset: int) -> bytes:
+    return b"%d %d" % (count, offset)
+
+
+def parse_copurchase_value(raw: bytes) -> tuple[int, int]:
+    """(count, offset of the last record counted)."""
+    count, offset = raw.split()
+    return int(count), int(offset)

@@ -7,8 +7,10 @@ the partition's state after the whole batch (:mod:`streams.recommend`), and retu
 recommendation records. :func:`process_batch` does both (tests drive it directly). The agent in
 ``streams/agents/users.py`` only reads and writes tables and topics around these functions.
 
-A redelivered record (offset already folded) or a repeated event id is skipped; a record that
-cannot be used (bad JSON, unknown item) becomes a dead letter and changes nothing else.
+A redelivered record (offset or source position already folded) or a repeated event id is
+skipped, and a trending or co-purchase cell already holding a record's count (the cell's offset,
+streams/tables.py) is not counted again; a record that cannot be used (bad JSON, unknown item)
+becomes a dead letter and changes nothing else.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from streams.recommend import (
     visual_queries,
 )
 from streams.settings import Settings
-from streams.tables import active_key, copurchase_key, trending_key
+from streams.tables import (
+    active_key,
+    copurchase_key,
+    copurchase_value,
+    trending_key,
+    trending_value,
+)
 from streams.userstate import DecayConfig, UserState
 
 
@@ -78,6 +86,9 @@ class PartitionState:
     trending: Trending
     copurchase: CoPurchase
     active: ActiveDays = field(default_factory=ActiveDays)
+    # trending / co-purchase key -> offset of the last record counted in it, as restored from
+    # the tables (streams/tables.py): a redelivered record is not counted twice in a cell
+    applied: dict[bytes, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +151,11 @@ def fold_batch(
     last_event: dict[str, Interaction] = {}
     dead: list[tuple[str, InputRecord]] = []
     tr, co, active = part.trending, part.copurchase, part.active
+    applied = part.applied
+
+    def counted(key: bytes, offset: int) -> bool:
+        return applied.get(key, -1) >= offset
+
     for rec in records:
         try:
             event = parse_user_event(rec.value)
@@ -157,7 +173,7 @@ def fold_batch(
             except ValueError as exc:  # never expected: reported, the others go on
                 dead.append((f"stored state of user {user_id!r} unreadable: {exc}", rec))
                 continue
-        if state.already_folded(rec.partition, rec.offset, event.event_id):
+        if state.already_folded(rec.partition, rec.offset, event.event_id, event.source):
             continue
         if event.item_id not in catalogue:
             dead.append((f"unknown item_id {event.item_id!r}", rec))
@@ -165,9 +181,17 @@ def fold_batch(
         if cfg.copurchase and event.kind == "purchase":
             basket = state.same_day_basket(tr.bucket_of(event.ts), tr.bucket_of)
             if event.item_id not in basket:
-                changed, dropped = co.add_basket_item(event.item_id, basket)
+                changed, dropped = co.add_basket_item(
+                    event.item_id,
+                    basket,
+                    counted=lambda a, b, at=rec.offset: counted(
+                        copurchase_key(partition, a, b), at
+                    ),
+                )
                 for a, b in changed:
-                    writes.copurchase[copurchase_key(partition, a, b)] = b"%d" % co.count(a, b)
+                    writes.copurchase[copurchase_key(partition, a, b)] = copurchase_value(
+                        co.count(a, b), rec.offset
+                    )
                 for a, b in dropped:
                     writes.copurchase[copurchase_key(partition, a, b)] = None
         count = popularity_count(state, event, cfg)  # before the fold: needs the old state
@@ -181,19 +205,18 @@ def fold_batch(
             partition=rec.partition,
             offset=rec.offset,
             event_id=event.event_id,
+            source=event.source,
         )
         states[user_id] = state
         last_event.pop(user_id, None)  # keep the users in the order of their newest events
         last_event[user_id] = event
-        if count:
+        cell = trending_key(partition, tr.bucket_of(event.ts), event.item_id)
+        if count and not counted(cell, rec.offset):
             bucket, expired = tr.add(event.item_id, event.kind, event.ts, count)
-        else:  # this customer's purchase of the item is already counted in the window
+        else:  # counted in the window already: a repeat purchase, or before a crash
             bucket, expired = None, []
         if bucket is not None:
-            counts = tr.counts(bucket, event.item_id)
-            writes.trending[trending_key(partition, bucket, event.item_id)] = json.dumps(
-                counts
-            ).encode()
+            writes.trending[cell] = trending_value(tr.counts(bucket, event.item_id), rec.offset)
         for old_bucket, item_id in expired:
             writes.trending[trending_key(partition, old_bucket, item_id)] = None
         if cfg.day_close:

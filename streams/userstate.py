@@ -14,9 +14,11 @@ longest ago is forgotten, with its weight.
 
 Purchases also keep ``rep_i`` (the decayed count of purchases of ``i``, for the repurchase signal)
 and the newest purchase time. For idempotent replays the state keeps the last input offset folded
-per partition and a 64-bit hash of the recent event ids: an event is folded once even when Kafka
-delivers it twice (same offset) or an upstream retry re-sends it (same event id, within the recent
-history).
+per partition, the last source offset folded per source partition (the views/purchases position
+the ingest agent stamped on the event) and a 64-bit hash of the recent event ids: an event is
+folded once even when Kafka delivers it twice (same offset), the ingest agent forwards it again
+after a crash (same source position, any number of events later) or an upstream retry re-sends it
+(same event id, within the recent history).
 
 The state is mutable (``fold`` changes it in place); the users agent decodes it from the table,
 folds a micro-batch and encodes it once (:meth:`UserState.to_bytes`, a compact binary layout).
@@ -83,6 +85,8 @@ class UserState:
     items: dict[str, ItemStat] = field(default_factory=dict)  # insertion order: first touch
     history: list[HistoryEntry] = field(default_factory=list)  # newest last
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> last offset folded
+    # (source topic code, source partition) -> last source offset folded (Interaction.source)
+    sources: dict[tuple[int, int], int] = field(default_factory=dict)
 
     # -- views used by the rankers ----------------------------------------------------------
     @property
@@ -97,10 +101,19 @@ class UserState:
     def last_purchase(self) -> dict[str, float]:
         return {i: st.bought_ts for i, st in self.items.items() if st.bought_ts is not None}
 
-    def already_folded(self, partition: int, offset: int, event_id: str = "") -> bool:
-        """True for a redelivered input (offset already folded) or a repeated event id."""
+    def already_folded(
+        self,
+        partition: int,
+        offset: int,
+        event_id: str = "",
+        source: tuple[int, int, int] | None = None,
+    ) -> bool:
+        """True for a redelivered input (offset already folded), a re-forwarded one (its source
+        position already folded) or a repeated event id."""
         last = self.offsets.get(partition)
         if last is not None and offset <= last:
+            return True
+        if source is not None and source[2] <= self.sources.get(source[:2], -1):
             return True
         if not event_id:
             return False
@@ -125,6 +138,7 @@ class UserState:
         partition: int | None = None,
         offset: int | None = None,
         event_id: str = "",
+        source: tuple[int, int, int] | None = None,
     ) -> None:
         """Fold one event into this state (in place)."""
         weight = float(config.kind_weights.get(kind, 0.0))
@@ -159,6 +173,9 @@ class UserState:
             del self.history[: len(self.history) - history_len]
         if partition is not None and offset is not None:
             self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
+        if source is not None:
+            where = (source[0], source[1])
+            self.sources[where] = max(source[2], self.sources.get(where, -1))
         self.last_ts = ts if self.n_events == 0 else max(self.last_ts, ts)
         self.n_events += 1
 
@@ -208,13 +225,15 @@ def excluded_items(state: UserState, policy: str) -> frozenset[str]:
 # -- binary layout ----------------------------------------------------------------------------
 # header: version u8, n_events u32, wsum f64, ref_ts f64, last_ts f64, user id (u16 len + utf-8)
 # offsets: u8 count, then (u16 partition, i64 offset)
+# sources: u16 count, then (u8 topic code, u16 partition, i64 offset)
 # items: u32 count, then (u16 id len + utf-8, u8 flags, f64 vw, f64 touched_ts
 #        [, f64 rep, f64 bought_ts if bought])
 # history: u16 count, then (u32 item index into items or 0xFFFFFFFF + u16 len + id, u8 kind,
 #          f64 ts, u64 event hash)
-_VERSION = 2
+_VERSION = 3
 _HEAD = struct.Struct("<BIdddH")
 _OFFSET = struct.Struct("<Hq")
+_SOURCE = struct.Struct("<BHq")
 _ITEM = struct.Struct("<Bdd")
 _BOUGHT = struct.Struct("<dd")
 _HIST = struct.Struct("<IBdQ")
@@ -233,6 +252,8 @@ def encode_state(s: UserState) -> bytes:
     out = [_HEAD.pack(_VERSION, s.n_events, s.wsum, s.ref_ts, s.last_ts, len(uid)), uid]
     out.append(bytes((len(s.offsets),)))
     out.extend(_OFFSET.pack(p, o) for p, o in sorted(s.offsets.items()))
+    out.append(_LEN.pack(len(s.sources)))
+    out.extend(_SOURCE.pack(t, p, o) for (t, p), o in sorted(s.sources.items()))
     out.append(struct.pack("<I", len(s.items)))
     pos: dict[str, int] = {}
     for n, (item_id, st) in enumerate(s.items.items()):
@@ -283,6 +304,13 @@ def _decode(view: memoryview) -> UserState:
         offsets[p] = o
         at += _OFFSET.size
     at += 1
+    sources = {}
+    (n_sources,) = _LEN.unpack_from(view, at)
+    at += _LEN.size
+    for _ in range(n_sources):
+        t, p, o = _SOURCE.unpack_from(view, at)
+        sources[(t, p)] = o
+        at += _SOURCE.size
     (n_items,) = struct.unpack_from("<I", view, at)
     at += 4
     items: dict[str, ItemStat] = {}
@@ -321,4 +349,5 @@ def _decode(view: memoryview) -> UserState:
         items=items,
         history=history,
         offsets=offsets,
+        sources=sources,
     )

@@ -1,7 +1,9 @@
 """Ingest agent: views + purchases -> validate -> user-events keyed by user_id.
 
 A clock mark (:class:`~streams.events.Tick`) on either input goes to every user-events
-partition, behind the events already forwarded there.
+partition, behind the events already forwarded there. Every record's ``ts`` passes the event-time
+policy (:mod:`streams.eventtime`) first; each forwarded interaction carries its source position
+(topic, partition, offset), which the users agent folds once.
 
 Records are taken in micro-batches (``batch_max``, ``batch_within_s``); an item is known when the
 worker's catalogue mirror holds it. It fixes the order in which a user's events are folded (the
@@ -17,7 +19,8 @@ import faust
 from pydantic import ValidationError
 
 from streams.deadletters import DeadLetterSink, describe
-from streams.events import Interaction, Tick, is_tick
+from streams.events import SOURCE_PURCHASES, SOURCE_VIEWS, Interaction, Tick, is_tick
+from streams.eventtime import EventClock, EventTimeConfig
 from streams.runtime import Runtime
 from streams.topics import Topics
 
@@ -44,6 +47,7 @@ def parse_input(raw: bytes, kind: str) -> Interaction | Tick:
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
     s = rt.settings
     purchases_topic = s.topics.full("purchases")
+    clock = EventClock(EventTimeConfig.from_settings(s))
 
     @app.agent(topics.interactions, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
@@ -56,6 +60,17 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                 except (ValidationError, ValueError, UnicodeDecodeError) as exc:
                     await dead.send(describe(exc), ev.value, message=msg, stage="ingest")
                     continue
+                verdict = clock.check(
+                    (msg.topic, msg.partition),
+                    event.ts,
+                    msg.timestamp,
+                    tick=isinstance(event, Tick),
+                )
+                if verdict.ts is None:
+                    await dead.send(verdict.reason, ev.value, message=msg, stage="ingest")
+                    continue
+                if verdict.ts != event.ts:
+                    event = event.model_copy(update={"ts": verdict.ts})
                 if isinstance(event, Tick):
                     for partition in range(s.partitions):
                         await topics.user_events.send(value=event.to_bytes(), partition=partition)
@@ -64,4 +79,6 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                     reason = f"unknown item_id {event.item_id!r}"
                     await dead.send(reason, ev.value, message=msg, stage="ingest")
                     continue
+                code = SOURCE_PURCHASES if kind == "purchase" else SOURCE_VIEWS
+                event = event.model_copy(update={"source": (code, msg.partition, msg.offset)})
                 await topics.user_events.send(key=event.user_id.encode(), value=event.to_bytes())

@@ -3,8 +3,9 @@
 The agent is a shell: it takes up to ``batch_max`` records (waiting at most ``batch_within_s``),
 groups them by partition, hands each group to :func:`~streams.userbatch.fold_batch` and
 :func:`~streams.userbatch.rank_batch`, then publishes one recommendation per user of the batch
-and writes the tables (user states last: a crash before that redelivers the batch, and the
-offsets kept in each user state make the redelivery fold once).
+and writes the tables (user states last, once the broker has the shared cells: a crash before
+that redelivers the batch, and the offsets kept in each user state and each shared cell make the
+redelivery fold once).
 
 A clock mark (events.Tick) on user-events closes the days before it: every user active in those
 days is re-ranked with the days' final popularity and co-purchase counts (a list computed right
@@ -112,8 +113,9 @@ def register(
 
     async def write(
         table: faust.TableT, partition: int, writes: Mapping[bytes, bytes | None]
-    ) -> None:
-        """Apply a batch's writes to a table and its changelog.
+    ) -> list[asyncio.Future]:
+        """Apply a batch's writes to a table and its changelog; returns the changelog sends'
+        delivery futures.
 
         The changelog records go straight to the producer: Faust's ``table[key] = value``
         hands each one to a buffer drained by one task, one loop iteration per record (and
@@ -127,8 +129,9 @@ def register(
                     table.pop(key, None)
                 else:
                     table[key] = value
-            return
+            return []
         store, changelog = table.data, table.changelog_topic.get_topic_name()
+        sent = []
         for key, value in writes.items():
             if value is None:
                 if key not in store:
@@ -136,7 +139,8 @@ def register(
                 del store[key]
             else:
                 store[key] = value
-            await producer.send(changelog, key, value, partition, None, None)
+            sent.append(await producer.send(changelog, key, value, partition, None, None))
+        return sent
 
     async def publish(rec) -> None:  # streams.events.Recommendation
         # through the topic: Faust's sensor hooks count it and time it (streams/metrics.py)
@@ -165,10 +169,18 @@ def register(
         for rec in rank_batch(folded, ctx, model_id=rt.model_id, candidates=candidates):
             await publish(rec)
         parts.dirty.add(partition)
-        # Durable state last: a crash before these lines redelivers the batch.
-        await write(tables.trending, partition, folded.writes.trending)
-        await write(tables.copurchase, partition, folded.writes.copurchase)
-        await write(tables.active, partition, folded.writes.active)
+        # Durable state last: a crash before these lines redelivers the batch. The shared
+        # cells must be on the broker before any user state that counts them (the producer may
+        # send a full batch of one topic before an older one of another): a redelivered batch
+        # then finds either the user state (and skips the event) or the cell's offset (and
+        # skips that cell), never a user state without its counts.
+        shared = [
+            *await write(tables.trending, partition, folded.writes.trending),
+            *await write(tables.copurchase, partition, folded.writes.copurchase),
+            *await write(tables.active, partition, folded.writes.active),
+        ]
+        if shared:
+            await asyncio.gather(*shared)
         await write(tables.users, partition, folded.writes.users)
 
     async def close_days(partition: int, tick: Tick, offset: int) -> None:

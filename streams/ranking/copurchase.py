@@ -14,7 +14,7 @@ an increment writes a few bytes, not the whole row.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -27,17 +27,24 @@ class CoPurchase:
         self._arrays: dict[str, tuple[list[str], np.ndarray]] = {}  # row -> (ids, counts)
 
     def add_basket_item(
-        self, item: str, basket: Iterable[str]
+        self,
+        item: str,
+        basket: Iterable[str],
+        counted: Callable[[str, str], bool] | None = None,
     ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """Count ``item`` joining a basket of other items.
 
-        Returns the cells (row, neighbour) whose count changed and those dropped by the bound.
+        ``counted(row, neighbour)``: True for a cell that already holds this count (restored
+        after a crash), left as it is. Returns the cells (row, neighbour) whose count changed
+        and those dropped by the bound.
         """
         others = sorted({a for a in basket if a != item})
         changed: list[tuple[str, str]] = []
         dropped: list[tuple[str, str]] = []
         for a in others:
             for row_id, other in ((item, a), (a, item)):
+                if counted is not None and counted(row_id, other):
+                    continue
                 row = self.counts[row_id]
                 row[other] = row.get(other, 0) + 1
                 self._forget(row_id)

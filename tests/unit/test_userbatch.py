@@ -21,7 +21,13 @@ from streams.ranking.copurchase import CoPurchase
 from streams.recommend import RankConfig, rank_states
 from streams.runtime import PartitionStates
 from streams.settings import Settings
-from streams.tables import parse_active_key, parse_copurchase_key, parse_trending_key
+from streams.tables import (
+    parse_active_key,
+    parse_copurchase_key,
+    parse_copurchase_value,
+    parse_trending_key,
+    parse_trending_value,
+)
 from streams.userbatch import (
     FoldConfig,
     InputRecord,
@@ -222,32 +228,38 @@ def test_process_batch_by_hand():
     for key, raw in folded.writes.users.items():
         assert canon(UserState.from_bytes(raw)) == canon(states[key.decode()])
 
-    # trending table: one cell per (day, item), counts per kind (purchase, view); u2's store
-    # purchase (channel 1) counts 2, u2's repeat purchase of i1 inside the window 0 (no write)
+    # trending table: one cell per (day, item), counts per kind (purchase, view) and the offset
+    # of the last record counted; u2's store purchase (channel 1) counts 2, u2's repeat
+    # purchase of i1 inside the window 0 (no write)
     tr = part.trending
     assert tr.kinds == ("purchase", "view")
-    trending = {parse_trending_key(k): json.loads(v) for k, v in folded.writes.trending.items()}
-    assert trending == {
-        (PARTITION, 100, "i0"): [0, 1],
-        (PARTITION, 100, "i1"): [2, 0],
-        (PARTITION, 100, "i2"): [2, 0],
-        (PARTITION, 100, "i3"): [1, 0],
-        (PARTITION, 100, "i4"): [0, 1],
-        (PARTITION, 101, "i5"): [1, 1],
-        (PARTITION, 101, "i1"): [0, 1],
+    trending = {
+        parse_trending_key(k): parse_trending_value(v) for k, v in folded.writes.trending.items()
     }
-    assert all(tr.counts(b, i) == c for (_, b, i), c in trending.items())
+    assert trending == {
+        (PARTITION, 100, "i0"): ([0, 1], 100),
+        (PARTITION, 100, "i1"): ([2, 0], 101),
+        (PARTITION, 100, "i2"): ([2, 0], 107),
+        (PARTITION, 100, "i3"): ([1, 0], 103),
+        (PARTITION, 100, "i4"): ([0, 1], 104),
+        (PARTITION, 101, "i5"): ([1, 1], 110),
+        (PARTITION, 101, "i1"): ([0, 1], 111),
+    }
+    assert all(tr.counts(b, i) == c for (_, b, i), (c, _) in trending.items())
 
     # co-purchase table: u1's i2 and i3 share day 100, so do u2's i1 and i2; u4's i5 and
     # u2's second i1 (day 101) have no basket partner
-    co = {parse_copurchase_key(k): int(v) for k, v in folded.writes.copurchase.items()}
-    assert co == {
-        (PARTITION, "i3", "i2"): 1,
-        (PARTITION, "i2", "i3"): 1,
-        (PARTITION, "i2", "i1"): 1,
-        (PARTITION, "i1", "i2"): 1,
+    co = {
+        parse_copurchase_key(k): parse_copurchase_value(v)
+        for k, v in folded.writes.copurchase.items()
     }
-    assert sorted(part.copurchase.cells()) == sorted((a, b, c) for (_, a, b), c in co.items())
+    assert co == {
+        (PARTITION, "i3", "i2"): (1, 103),
+        (PARTITION, "i2", "i3"): (1, 103),
+        (PARTITION, "i2", "i1"): (1, 107),
+        (PARTITION, "i1", "i2"): (1, 107),
+    }
+    assert sorted(part.copurchase.cells()) == sorted((a, b, c) for (_, a, b), (c, _) in co.items())
 
     # active days, for the day close
     active = {parse_active_key(k) for k in folded.writes.active}
@@ -523,3 +535,99 @@ def test_recommendations_in_the_order_of_the_users_newest_events():
         ("u2", "e1"),
         ("u1", "e2"),
     ]
+
+
+# ---------------------------------------------------------------- a crash between the writes
+
+
+def _restored(s: Settings, tables: Tables) -> PartitionState:
+    """The partition state a restarted worker rebuilds from the tables."""
+    states = PartitionStates(s)
+    states.load(tables.trending, tables.copurchase, tables.active)
+    return states.get(PARTITION)
+
+
+def _subset(writes: dict, keep: list[bool]) -> dict:
+    return {k: v for (k, v), kept in zip(writes.items(), keep + [False] * len(writes)) if kept}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_crash_between_the_writes_counts_nothing_twice(data):
+    """The worker dies after the broker took any subset of a batch's shared cells (no user
+    state: the agent sends those once every shared cell is acked), or all shared cells and any
+    subset of the user states. The redelivered batch, folded over the tables as they are, ends
+    in the tables and partition state of an uninterrupted run."""
+    s, cat = _settings(), _catalogue()
+    records = _records()
+    first, second = records[:7], records[7:]
+    whole, whole_part = Tables(), _part(s)
+    _process(first, s, whole, whole_part, cat)
+    _process(second, s, whole, whole_part, cat)
+
+    tables, part = Tables(), _part(s)
+    _process(first, s, tables, part, cat)
+    crashed = fold_batch(
+        second,
+        partition=PARTITION,
+        part=part,
+        users=tables.user,
+        catalogue=cat,
+        cfg=FoldConfig.from_settings(s),
+    ).writes
+    shared = [
+        ("trending", crashed.trending),
+        ("copurchase", crashed.copurchase),
+        ("active", crashed.active),
+    ]
+    all_shared = data.draw(st.booleans(), label="all shared cells acked")
+    for name, writes in shared:
+        keep = (
+            [True] * len(writes)
+            if all_shared
+            else data.draw(
+                st.lists(st.booleans(), min_size=len(writes), max_size=len(writes)), label=name
+            )
+        )
+        getattr(tables, name).update(_subset(writes, keep))
+        for k in [k for k, v in _subset(writes, keep).items() if v is None]:
+            getattr(tables, name).pop(k)
+    if all_shared:
+        keep = data.draw(
+            st.lists(st.booleans(), min_size=len(crashed.users), max_size=len(crashed.users)),
+            label="users",
+        )
+        tables.users.update(_subset(crashed.users, keep))
+
+    restarted = _restored(s, tables)
+    _process(second, s, tables, restarted, cat)  # Kafka redelivers the batch
+    assert tables.snapshot() == whole.snapshot()
+    assert _part_view(restarted) == _part_view(whole_part)
+
+
+def _with_source(raw: bytes, position: tuple[int, int, int]) -> bytes:
+    return json.dumps({**json.loads(raw), "source": list(position)}).encode()
+
+
+def test_events_forwarded_again_after_a_crash_are_folded_once():
+    """The ingest agent forwards a burst again with new user-events offsets (its source
+    offsets were not committed): more events than the event-id memory holds; each source
+    position is folded once, in every table."""
+    s, cat = _settings(history_len=10), _catalogue()
+    burst = [
+        _with_source(_value(f"b{n}", "heavy", f"i{n % 6}", T0 + n, "purchase"), (1, 0, 500 + n))
+        for n in range(150)
+    ]
+    records = [InputRecord(PARTITION, n, v) for n, v in enumerate(burst)]
+    tables, part = Tables(), _part(s)
+    _process(records, s, tables, part, cat)
+    once = tables.snapshot()
+    assert UserState.from_bytes(tables.users[b"heavy"]).n_events == 150
+    again = [InputRecord(PARTITION, 150 + n, v) for n, v in enumerate(burst[40:])]
+    result = _process(again, s, tables, part, cat)
+    assert result.folded.states == {} and result.recommendations == []
+    assert tables.snapshot() == once
+    # a new event from the same source partition (a later offset) is folded
+    new = _with_source(_value("b150", "heavy", "i1", T0 + 150), (1, 0, 650))
+    _process([InputRecord(PARTITION, 300, new)], s, tables, part, cat)
+    assert UserState.from_bytes(tables.users[b"heavy"]).n_events == 151

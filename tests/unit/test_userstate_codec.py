@@ -126,6 +126,13 @@ def states(draw, max_items: int = 25, max_history: int = 60, max_partitions: int
             max_size=max_partitions,
         )
     )
+    sources = draw(
+        st.dictionaries(
+            st.tuples(st.integers(0, 255), st.integers(0, 65535)),
+            st.integers(-(2**63), 2**63 - 1),
+            max_size=max_partitions,
+        )
+    )
     return UserState(
         user_id=draw(user_ids),
         wsum=draw(floats),
@@ -135,6 +142,7 @@ def states(draw, max_items: int = 25, max_history: int = 60, max_partitions: int
         items=items,
         history=history,
         offsets=offsets,
+        sources=sources,
     )
 
 
@@ -241,7 +249,7 @@ def test_trailing_bytes_are_refused(state: UserState, extra: bytes):
 
 def test_wrong_version_is_refused():
     raw = bytearray(UserState("u").to_bytes())
-    for version in (0, 1, 3, 255):
+    for version in (0, 1, 2, 4, 255):
         raw[0] = version
         with pytest.raises(ValueError, match="version"):
             UserState.from_bytes(bytes(raw))
