@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PASSTHROUGH = ("broker", "bench", "train", "eval")  # their own parsers read the rest
+# commands with their own SIGTERM handling: Faust's worker, the foreground broker
+OWN_SIGNALS = ("worker", "broker")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +181,18 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.WARNING)
-    return int(args.func(args) or 0)
+    if args.command in OWN_SIGNALS:
+        return int(args.func(args) or 0)
+    from streams.procs import Terminated, signals_as_interrupt
+
+    # SIGTERM/SIGHUP (a CI or scheduler limit) take the Ctrl-C path: the with/finally blocks
+    # of demo, eval and bench stop the broker and worker they started
+    try:
+        with signals_as_interrupt():
+            return int(args.func(args) or 0)
+    except Terminated as exc:
+        print(f"vrec {args.command}: {exc}; stopped what it started", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

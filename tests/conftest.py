@@ -2,7 +2,8 @@
 
 ``VREC_TEST_BROKER=host:port`` points the suite at an already running broker (left running).
 If Kafka cannot be started or reached, ``kafka_broker`` fails the tests that use it; it never
-skips.
+skips. SIGTERM/SIGHUP end the session as Ctrl-C does (fixtures tear down: the broker and the
+workers stop), and the broker gets SIGTERM if pytest dies without that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from streams.broker import KafkaBroker, ensure_jars, find_free_port, list_topics
+from streams.procs import install_stop_handlers
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnyBroker
         yield broker
         return
     ensure_jars()
-    local = KafkaBroker(tmp_path_factory.mktemp("kafka"), port=find_free_port())
+    local = KafkaBroker(
+        tmp_path_factory.mktemp("kafka"), port=find_free_port(), die_with_parent=True
+    )
     local.start(timeout=120)
     try:
         yield local
@@ -58,6 +62,11 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnyBroker
 def topic_prefix() -> str:
     """A unique topic-name prefix such as ``"t1a2b3c4d."``."""
     return f"t{uuid.uuid4().hex[:8]}."
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM/SIGHUP (a CI time limit) raise KeyboardInterrupt: pytest stops and tears down."""
+    install_stop_handlers()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from streams.store.base import (
     DEFAULT_PAYLOAD_INDEXES,
     IMAGE,
@@ -51,18 +53,23 @@ def open_store(
     url: str,
     collection: str,
     vector_dims: Mapping[str, int],
+    api_key: SecretStr | str | None = None,
     **options: Any,
 ) -> VectorStore:
     """Open (creating if needed) the store of ``kind``.
 
-    ``path`` is the store directory for ``edge`` and ``qdrant-local``; ``url`` is used by
-    ``qdrant``; ``collection`` by the qdrant-client kinds. ``options`` go to the backend
-    (e.g. ``payload_indexes``, ``exact``, ``hnsw_ef``).
+    ``path`` is the store directory for ``edge`` and ``qdrant-local``; ``url`` and ``api_key``
+    (``VREC_QDRANT_API_KEY``, sent as the ``api-key`` header) are used by ``qdrant``;
+    ``collection`` by the qdrant-client kinds. ``options`` go to the backend (e.g.
+    ``payload_indexes``, ``exact``, ``hnsw_ef``).
     """
     if kind == "edge":
         return EdgeStore(path, vector_dims, **options)
     if kind == "qdrant":
-        return QdrantClientStore.from_url(url, collection, vector_dims, **options)
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        return QdrantClientStore.from_url(
+            url, collection, vector_dims, api_key=key or None, **options
+        )
     if kind == "qdrant-local":
         return QdrantClientStore.local(path, collection, vector_dims, **options)
     if kind == "qdrant-memory":
