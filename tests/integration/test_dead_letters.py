@@ -61,13 +61,14 @@ def hostile_products(real: list, tmp: Path) -> tuple[list[tuple[bytes, str]], li
         (b"\xff\xfe\x00garbage", "invalid"),
         (json.dumps({"image_path": real[0].image_path}).encode(), "item_id"),
         (_product("no-image"), "image_path or image_b64"),
-        (_product("missing-file", image_path=str(tmp / "nope.jpg")), "not found"),
+        # outside the image root: the same reason whether the file exists or not
+        (_product("missing-file", image_path=str(tmp / "nope.jpg")), "inside the image root"),
         (_product("random-bytes", image_b64=_b64(np.random.bytes(3000))), "not a decodable image"),
         (_product("bad-b64", image_b64="%%%not base64%%%"), "base64"),
         (_product("truncated", image_b64=_b64(jpeg[: len(jpeg) // 2])), "truncated"),
         (_product("bomb", image_b64=_b64(_bomb())), "decompression bomb"),
         (_product("oversized", image_b64=_b64(big_png)), "too large"),
-        (_product("text-file", image_path=str(text)), "not a decodable image"),
+        (_product("text-file", image_path=str(text)), "inside the image root"),
     ]
     good = [p.to_bytes() for p in real[:4]]
     # one good product sent with its image as base64 bytes instead of a path

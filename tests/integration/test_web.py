@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from streams.broker import find_free_port
 from streams.events import Interaction, ProductUpload, Recommendation
@@ -39,12 +40,14 @@ SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 N_EVENTS = 200
 
 pytestmark = pytest.mark.timeout(900)
+TOKEN = "test-write-token"
 
 
 # -- a tiny HTTP client (stdlib: paths are sent exactly as written) --------------------------
 @dataclass
 class Http:
     port: int
+    token: str = ""  # sent as "Authorization: Bearer <token>" when set
 
     def request(
         self,
@@ -55,8 +58,11 @@ class Http:
         timeout: float = 60.0,
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        headers = dict(headers or {})
+        if self.token:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:
@@ -165,8 +171,9 @@ def web(kafka_broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebR
         exclude="purchased",
         web_enabled=True,
         web_port=find_free_port(),
+        web_token=SecretStr(TOKEN),  # POST /items needs it
     )
-    client = Http(settings.web_port)
+    client = Http(settings.web_port, TOKEN)
     with Pipeline(settings) as pipe:
         wait_for("the web server", lambda: client.request("GET", "/health")[0] == 200, 180)
         pipe.index(products)
