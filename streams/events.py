@@ -174,8 +174,8 @@ class Interaction(_Model):
     channel: int | None = None  # sales channel (H&M: 1 = store, 2 = online), optional
     # where the ingest agent read it: (SOURCE_VIEWS | SOURCE_PURCHASES, partition, offset); the
     # users agent folds each source position once (a re-forward after a crash is a repeat).
-    # Set by the ingest agent only: a value sent by a client is replaced.
-    source: tuple[int, int, int] | None = None
+    # Set by the ingest agent only: a value sent by a client is dropped.
+    ingested_from: tuple[int, int, int] | None = None
 
     _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
 

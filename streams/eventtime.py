@@ -10,7 +10,8 @@ against two clocks before it reaches ``user-events``:
 - **the source partition's event time** (its watermark: the newest ``ts`` accepted there, with
   the record timestamp it came with): ``ts`` may move past the watermark by at most
   ``max_jump_s`` plus the time the record timestamps advanced since (a quiet shop's next
-  morning is no jump), and may lie at most ``max_late_s`` behind it.
+  morning is no jump; None: no limit, the settings' default, since a replay of a sparse log
+  moves months between two records), and may lie at most ``max_late_s`` behind it.
 
 A record that breaks a rule is dead-lettered with the reason (``policy="dead_letter"``) or its
 ``ts`` is clamped to the nearest allowed time (``policy="clamp"``). The watermark lives in the
@@ -32,7 +33,7 @@ MS_HINT_ABOVE = 1e11  # seconds since 1970 pass this in the year 5138; milliseco
 @dataclass(frozen=True)
 class EventTimeConfig:
     max_future_s: float = 3600.0
-    max_jump_s: float = 7 * 86_400.0
+    max_jump_s: float | None = 7 * 86_400.0  # None: no limit
     max_late_s: float | None = 30 * 86_400.0  # None: any lateness accepted
     policy: Policy = "dead_letter"
 
@@ -87,7 +88,7 @@ class EventClock:
         if record_ts is not None and record_ts > 0 and math.isfinite(record_ts):
             bounds.append((record_ts + cfg.max_future_s, "the record's timestamp"))
         mark = self.marks.get(source)
-        if mark is not None:
+        if mark is not None and cfg.max_jump_s is not None:
             wm, wm_record = mark
             grace = 0.0
             if record_ts is not None and wm_record is not None:

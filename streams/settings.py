@@ -164,9 +164,10 @@ class Settings(BaseSettings):
     # event-time policy (streams/eventtime.py), applied by the ingest agent to interactions and
     # clock marks: ts at most max_future_s past the Kafka record's timestamp, at most max_jump_s
     # (plus the record timestamps' advance) past the source partition's newest ts, at most
-    # max_late_s behind it (None: no limit); a record outside goes to dead-letters or is clamped
+    # max_late_s behind it (None: no limit); a record outside goes to dead-letters or is clamped.
+    # max_jump_s is off by default: a replay of a sparse log moves months between two records
     event_time_max_future_s: float = Field(3600.0, ge=0)
-    event_time_max_jump_s: float = Field(7 * 86_400.0, ge=0)
+    event_time_max_jump_s: float | None = Field(None, ge=0)
     event_time_max_late_s: float | None = Field(30 * 86_400.0, ge=0)
     event_time_policy: Literal["dead_letter", "clamp"] = "dead_letter"
 

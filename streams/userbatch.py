@@ -15,13 +15,12 @@ becomes a dead letter and changes nothing else.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streams.catalogue import Catalogue
 from streams.dayclose import ActiveDays
-from streams.events import Interaction, Recommendation, Tick, is_tick
+from streams.events import Interaction, Recommendation, Tick, is_tick, json_object
 from streams.ranking import Trending
 from streams.ranking.copurchase import CoPurchase
 from streams.recommend import (
@@ -125,8 +124,9 @@ def popularity_count(state: UserState, event: Interaction, cfg: FoldConfig) -> i
     return cfg.channel_weights.get(event.channel, 1) if event.channel else 1
 
 
-def parse_user_event(raw: bytes) -> Interaction | Tick:
-    doc = json.loads(raw)
+def parse_user_event(raw: bytes | None) -> Interaction | Tick:
+    """A user-events record (ValueError for anything that is not an interaction or a mark)."""
+    doc = json_object(raw)
     if is_tick(doc):
         return Tick.model_validate(doc)
     return Interaction.model_validate(doc)
@@ -173,7 +173,7 @@ def fold_batch(
             except ValueError as exc:  # never expected: reported, the others go on
                 dead.append((f"stored state of user {user_id!r} unreadable: {exc}", rec))
                 continue
-        if state.already_folded(rec.partition, rec.offset, event.event_id, event.source):
+        if state.already_folded(rec.partition, rec.offset, event.event_id, event.ingested_from):
             continue
         if event.item_id not in catalogue:
             dead.append((f"unknown item_id {event.item_id!r}", rec))
@@ -205,7 +205,7 @@ def fold_batch(
             partition=rec.partition,
             offset=rec.offset,
             event_id=event.event_id,
-            source=event.source,
+            source=event.ingested_from,
         )
         states[user_id] = state
         last_event.pop(user_id, None)  # keep the users in the order of their newest events

@@ -13,13 +13,18 @@ the same order.
 
 from __future__ import annotations
 
-import json
-
 import faust
 from pydantic import ValidationError
 
 from streams.deadletters import DeadLetterSink, describe
-from streams.events import SOURCE_PURCHASES, SOURCE_VIEWS, Interaction, Tick, is_tick
+from streams.events import (
+    SOURCE_PURCHASES,
+    SOURCE_VIEWS,
+    Interaction,
+    Tick,
+    is_tick,
+    json_object,
+)
 from streams.eventtime import EventClock, EventTimeConfig
 from streams.runtime import Runtime
 from streams.topics import Topics
@@ -35,12 +40,11 @@ def parse_interaction(raw: bytes, kind: str) -> Interaction:
 
 def parse_input(raw: bytes, kind: str) -> Interaction | Tick:
     """Parse a record of views/purchases: an interaction, or a clock mark (kind "tick")."""
-    doc = json.loads(raw)
-    if not isinstance(doc, dict):
-        raise ValueError("event must be a JSON object")
+    doc = json_object(raw)  # ValueError for a tombstone, bad bytes, deep nesting...
     if is_tick(doc):
         return Tick.model_validate(doc)
     doc.setdefault("kind", kind)
+    doc.pop("ingested_from", None)  # the ingest agent's own mark, never a client's
     return Interaction.model_validate(doc)
 
 
@@ -80,5 +84,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                     await dead.send(reason, ev.value, message=msg, stage="ingest")
                     continue
                 code = SOURCE_PURCHASES if kind == "purchase" else SOURCE_VIEWS
-                event = event.model_copy(update={"source": (code, msg.partition, msg.offset)})
+                event = event.model_copy(
+                    update={"ingested_from": (code, msg.partition, msg.offset)}
+                )
                 await topics.user_events.send(key=event.user_id.encode(), value=event.to_bytes())

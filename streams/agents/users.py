@@ -17,7 +17,6 @@ commits, heartbeats and rebalances go on during a long close.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import weakref
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ import faust
 import faust.streams as faust_streams
 
 from streams.deadletters import DeadLetterSink
-from streams.events import Tick, is_tick
+from streams.events import Tick, is_tick, json_object
 from streams.ranking import top_trending
 from streams.recommend import (
     TRENDING_KEY,
@@ -60,7 +59,7 @@ def as_current_event(event: faust.EventT) -> None:
 
 
 def _is_tick(value: bytes) -> bool:
-    return b'"tick"' in value and is_tick(json.loads(value))
+    return value is not None and b'"tick"' in value and is_tick(json_object(value))
 
 
 def register(

@@ -140,11 +140,6 @@ def test_forged_embeddings_and_oversized_records_are_dead_letters(kafka_broker, 
 
 
 @pytest.mark.parametrize("topic", ["views", "user_events"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the ingest/users agents to decode with streams.events.json_object "
-    "(files owned by another change, see the issue 12 report)",
-)
 def test_tombstone_is_a_dead_letter(kafka_broker, tmp_path, topic):
     settings = isolated_run(Settings(broker=kafka_broker.bootstrap, data_dir=tmp_path), "tomb")
     with Pipeline(settings) as pipe:

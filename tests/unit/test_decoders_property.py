@@ -121,11 +121,6 @@ def test_users_parse_user_event(raw: bytes) -> None:
     _usable_interaction(event)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest.py / userbatch.py decode with json.loads: a tombstone is a TypeError and deep "
-    "nesting a RecursionError (fix: decode with streams.events.json_object)",
-)
 @pytest.mark.parametrize("raw", [None, b"[" * 100_000], ids=["tombstone", "deep-nesting"])
 @pytest.mark.parametrize("parse", ["ingest", "users"])
 def test_agent_parsers_refuse_tombstones_and_deep_nesting(raw, parse: str) -> None:

@@ -606,7 +606,7 @@ def test_a_crash_between_the_writes_counts_nothing_twice(data):
 
 
 def _with_source(raw: bytes, position: tuple[int, int, int]) -> bytes:
-    return json.dumps({**json.loads(raw), "source": list(position)}).encode()
+    return json.dumps({**json.loads(raw), "ingested_from": list(position)}).encode()
 
 
 def test_events_forwarded_again_after_a_crash_are_folded_once():
