@@ -48,9 +48,7 @@ def main() -> None:
             for i, d in enumerate(pngs)
         ]
         with Pipeline(settings) as pipe:
-            warm = ProductUpload(
-                item_id="warm", image_b64=base64.b64encode(pngs[0][:0] or _tiny()).decode()
-            )
+            warm = ProductUpload(item_id="warm", image_b64=base64.b64encode(_tiny()).decode())
             pipe.index([warm])  # model loaded, agents running
             time.sleep(1)
             pid = pipe.worker.proc.pid
