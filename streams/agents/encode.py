@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import faust
@@ -18,33 +19,43 @@ from streams.topics import Topics
 log = logging.getLogger(__name__)
 
 
-def resolve_image(product: ProductUpload, image_root: Path | None) -> bytes | Path:
-    """The image source of an upload: decoded base64 bytes, or a path (relative to image_root)."""
+def resolve_image(
+    product: ProductUpload, roots: Sequence[Path] | None, max_bytes: int = 10 * 2**20
+) -> bytes:
+    """The image bytes of an upload: its base64, or the file its image_path names inside
+    ``roots`` (relative: under ``roots[0]``; see ``encoders.preprocess.read_confined``)."""
+    from encoders.preprocess import read_confined, unavailable
+
     if product.image_b64:
         try:
             return base64.b64decode(product.image_b64, validate=True)
         except ValueError as exc:
             raise ValueError(f"image_b64 is not valid base64: {exc}") from exc
-    path = Path(product.image_path or "")
-    if not path.is_absolute() and image_root is not None:
-        path = image_root / path
-    return path
+    if not roots:
+        raise unavailable(max_bytes)
+    return read_confined(product.image_path or "", roots, max_bytes)
 
 
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
     s = rt.settings
+    from encoders.preprocess import PixelBudget
+
+    decode_budget = PixelBudget(s.max_batch_pixels)
 
     def load(product: ProductUpload) -> tuple[str | None, np.ndarray | None, object | None]:
         """(image sha256, cached vector, decoded image); runs in the decode pool."""
         from encoders import load_image
         from encoders.cache import sha256_bytes
-        from encoders.preprocess import read_image_bytes
 
-        src = resolve_image(product, s.image_root)
-        limits = {"max_bytes": s.max_image_bytes, "max_pixels": s.max_image_pixels}
+        data = resolve_image(product, s.image_roots, s.max_image_bytes)
+        limits = {
+            "max_bytes": s.max_image_bytes,
+            "max_pixels": s.max_image_pixels,
+            "max_side": s.decode_max_side,  # large images are decoded reduced
+            "budget": decode_budget,  # bounds the pixels the decode pool holds at once
+        }
         if rt.cache is None:
-            return None, None, load_image(src, **limits)
-        data = read_image_bytes(src, s.max_image_bytes)
+            return None, None, load_image(data, **limits)
         sha = sha256_bytes(data)
         hit = rt.cache.get_many(rt.model_id, [sha]).get(sha)
         if hit is not None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from streams.deadletters import DeadLetterSink
 from streams.events import ItemEmbedding, decode_vector, json_object
+from streams.kafka_security import client_kwargs
 from streams.runtime import Runtime
 from streams.topics import Topics
 
@@ -70,6 +71,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **client_kwargs(s),
         )
 
         async def reject(r, reason: str) -> None:  # an aiokafka ConsumerRecord

@@ -95,10 +95,9 @@ def test_bad_sasl_user_name_rejected(tmp_path):
 
 @pytest.mark.model
 def test_worker_end_to_end_over_sasl(sasl_broker, tmp_path):
-    """A worker (Faust consumer, producer, changelogs) and the Pipeline harness over SASL."""
-    # the item replica (streams/agents/replica.py) makes its own consumer: off until it takes
-    # the security kwargs; the worker then ranks from its own store
-    settings = _settings(sasl_broker, tmp_path).model_copy(update={"replicate_items": False})
+    """A worker (Faust consumer, producer, changelogs, its item replica's own consumer) and
+    the Pipeline harness over SASL."""
+    settings = _settings(sasl_broker, tmp_path)
     products = read_hm_items(SAMPLE / "items.csv")[:4]
     events = [
         Interaction(event_id=f"e{i}", user_id="u1", item_id=p.item_id, ts=1.6e9 + i, kind="view")
