@@ -626,16 +626,19 @@ def create_topics(
     *,
     replication_factor: int = 1,
     security: Mapping[str, Any] | None = None,
+    broker_time: Iterable[str] = (),
 ) -> None:
     """Create topics (existing ones are left alone) and wait until metadata shows them.
 
     Names in ``compacted`` get ``cleanup.policy=compact`` (and are created even if missing from
-    ``names``). ``security``: the admin client's security kwargs.
+    ``names``); names in ``broker_time`` get ``message.timestamp.type=LogAppendTime`` (the
+    broker stamps each record: a producer cannot set the time the event-time policy trusts).
+    ``security``: the admin client's security kwargs.
     """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    compact = set(compacted)
+    compact, stamped = set(compacted), set(broker_time)
     wanted = list(dict.fromkeys([*names, *compacted]))
     if not wanted:
         return
@@ -644,6 +647,8 @@ def create_topics(
     try:
         for name in wanted:
             configs = {"cleanup.policy": "compact"} if name in compact else {}
+            if name in stamped:
+                configs["message.timestamp.type"] = "LogAppendTime"
             topic = NewTopic(name, partitions, replication_factor, topic_configs=configs)
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([topic], timeout_ms=int(timeout * 1000))

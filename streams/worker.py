@@ -24,6 +24,8 @@ def prepare_topics(settings: Settings) -> None:
         partitions=settings.partitions,
         compacted=compacted_topic_names(settings),
         security=client_kwargs(settings),
+        # the event-time policy compares ts with the record's timestamp: the broker's own
+        broker_time=[settings.topics.full("views"), settings.topics.full("purchases")],
     )
 
 
