@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Any
 
 from streams.kafka_security import explain_auth_failures
-from streams.procs import die_with_parent
+from streams.procs import die_with_parent, pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
@@ -171,22 +171,14 @@ def _new_cluster_id() -> str:
 
 def _pid_alive(pid: int) -> bool:
     """True if ``pid`` is a live (non-zombie) process; on Linux also that it is a Kafka JVM."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            stat = (proc / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-            return b"kafka.Kafka" in (proc / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            return False
-    return True
+    try:
+        return b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:  # no /proc (not Linux): alive is all we know
+        return not Path("/proc/self").exists()
+    except OSError:
+        return False
 
 
 class KafkaBroker:
