@@ -275,9 +275,7 @@ def _text_vectors(cat: Catalogue, mapping: Mapping[str, str], cache: Any, model_
     from encoders.multimodal import catalogue_text_embeddings
     from encoders.text import TextEncoder, ensure_text_model, upload_text
 
-    texts = [
-        upload_text(r.get(mapping["title"]), r.get(mapping["category"])) for r in cat.rows
-    ]
+    texts = [upload_text(r.get(mapping["title"]), r.get(mapping["category"])) for r in cat.rows]
     enc = TextEncoder(ensure_text_model(model_dir))
     return catalogue_text_embeddings(texts, enc, cache), enc.model_id
 
@@ -362,6 +360,7 @@ def _random_precision(labels: np.ndarray) -> float:
 
 def summarise(report: Mapping[str, Any]) -> str:
     """Markdown summary of a report."""
+
     def f(v: Any) -> str:
         return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
@@ -402,9 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     from encoders.cache import EmbeddingCache
     from streams.settings import get_settings
 
-    ap = argparse.ArgumentParser(
-        prog="vrec eval catalogue", description=__doc__.split("\n\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="vrec eval catalogue", description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=Path, required=True, help="catalogue CSV")
     ap.add_argument("--map", default=None, help="role=column,...; roles " + ", ".join(ROLES))
     ap.add_argument("--label", required=True, help="column the neighbours should share")
@@ -414,8 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=Path("catalogue_report.json"))
     ap.add_argument("--model", default=None, help="image encoder .onnx or training folder")
     ap.add_argument("--cache", type=Path, default=None, help="embedding cache sqlite file")
-    ap.add_argument("--text-weight", type=float, default=None,
-                    help="image+text fusion weight (default VREC_TEXT_WEIGHT; 0: image only)")
+    ap.add_argument(
+        "--text-weight",
+        type=float,
+        default=None,
+        help="image+text fusion weight (default VREC_TEXT_WEIGHT; 0: image only)",
+    )
     ap.add_argument("--queries", type=int, default=6, help="query rows in the PNG grid")
     ap.add_argument("--no-classifier", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -459,9 +460,14 @@ def main(argv: list[str] | None = None) -> int:
                 "image": _rel(cat.images[q], base),
                 "label": str(labels[q]),
                 "neighbours": [
-                    {"id": cat.ids[i], "image": _rel(cat.images[i], base),
-                     "label": str(labels[i]), "match": bool(match[i] == match[q])}
-                    for i in nb[q].tolist() if i >= 0
+                    {
+                        "id": cat.ids[i],
+                        "image": _rel(cat.images[i], base),
+                        "label": str(labels[i]),
+                        "match": bool(match[i] == match[q]),
+                    }
+                    for i in nb[q].tolist()
+                    if i >= 0
                 ],  # fmt: skip
             }
             for q in queries

@@ -3,6 +3,7 @@
     vrec eval --items ITEMS.csv --history EVENTS.csv --truth EVENTS.csv --k 12 --out report.json
     vrec eval --items ITEMS.csv --events events.csv --cutoff 2020-09-17 --end 2020-09-19 ...
     vrec eval ... --baseline popularity|repurchase|itemcf|visual|hybrid   (offline, same scoring)
+    vrec eval catalogue --items ITEMS.csv --label COLUMN ...   (no interactions; see .catalogue)
 
 1. indexes the catalogue through the encoder path (embedding cache keyed by model id + image
    hash, so a rerun does not re-embed), 2. replays the history through a running worker (real
@@ -196,6 +197,10 @@ def plot(metrics: dict, path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from streams.eval.metrics import evaluate
 
+    if argv and argv[0] == "catalogue":  # vrec eval catalogue: no interactions needed
+        from streams.eval.catalogue import main as catalogue_main
+
+        return catalogue_main(argv[1:])
     ap = argparse.ArgumentParser(prog="vrec eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=Path, required=True)
     ap.add_argument("--images", type=Path, help="folder image_path is relative to")
