@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=0.0, help="x real time; 0 = as fast as possible")
     p.set_defaults(func=_cmd_replay)
 
+    p = sub.add_parser(
+        "catalogue", help="import a shop's catalogue: CSV / JSONL / Parquet", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_passthrough("streams.catalogue_import"))
+
     p = sub.add_parser("tick", help="clock mark: close the days before TS (default: now)")
     p.add_argument("ts", nargs="?", help="epoch seconds or ISO date, e.g. 2020-09-17")
     p.set_defaults(func=_cmd_tick)
@@ -160,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-PASSTHROUGH = ("broker", "bench", "train", "eval")  # their own parsers read the rest
+PASSTHROUGH = ("broker", "bench", "train", "eval", "catalogue")  # their own parsers read the rest
 # commands with their own SIGTERM handling: Faust's worker, the foreground broker
 OWN_SIGNALS = ("worker", "broker")
 

@@ -134,6 +134,9 @@ class ProductUpload(_Model):
     product_code: str | None = None
     price: float | None = None
     ts: float = Field(default_factory=time.time)
+    # other catalogue labels (e.g. {"colour": "black"}), kept in the payload; a classifier
+    # head for one of them fills it for uploads without it (see label())
+    attributes: dict[str, str] | None = None
 
     _ts = field_validator("ts", mode="before")(lambda v: to_epoch(v))
 
@@ -157,7 +160,14 @@ class ProductUpload(_Model):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        for name, value in (self.attributes or {}).items():
+            out.setdefault(name, value)
         return out
+
+    def label(self, name: str) -> str | None:
+        """The upload's value of a label: ``category`` or an attribute; None when absent."""
+        value = self.category if name == "category" else (self.attributes or {}).get(name)
+        return value or None
 
 
 SOURCE_VIEWS, SOURCE_PURCHASES = 0, 1

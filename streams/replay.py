@@ -27,12 +27,6 @@ def _day_ts(day: str) -> float:
     return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
 
 
-def _hm_description(row: dict[str, str]) -> str | None:
-    from encoders.text import join_text
-
-    return join_text([row.get("colour_group_name"), row.get("detail_desc")]) or None
-
-
 @contextmanager
 def _rows(path: Path, what: str) -> Iterator[Callable[[int], AbstractContextManager[None]]]:
     """Read ``path``; errors of any row (the callable's context, given the line number) and of
@@ -62,32 +56,13 @@ def _why(exc: BaseException) -> str:
 
 
 def read_hm_items(items_csv: Path, limit: int | None = None) -> list[ProductUpload]:
-    """H&M articles as product uploads; image paths made absolute (relative to the CSV).
+    """H&M articles as product uploads through the catalogue import's ``hm`` column map
+    (streams.catalogue_import); image paths made absolute (relative to the CSV).
 
     A bad row or file is a ValueError naming the file and line."""
-    root = Path(items_csv).resolve().parent
-    out: list[ProductUpload] = []
-    with open(items_csv, newline="") as f, _rows(items_csv, "item") as at:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            with at(line):
-                out.append(_hm_item(row, root))
-            if limit is not None and len(out) >= limit:
-                break
-    return out
+    from streams.catalogue_import import HM_MAP, read_products
 
-
-def _hm_item(row: dict[str, str], root: Path) -> ProductUpload:
-    return ProductUpload(
-        item_id=row["article_id"],
-        image_path=str(root / row["image_path"]),
-        title=row.get("prod_name", ""),
-        category=row.get("product_type_name") or None,
-        # colour + detail_desc: with title and category, the item text of the
-        # text vector equals encoders.text.item_text(row)
-        description=_hm_description(row),
-        product_code=row.get("product_code") or None,
-        ts=0.0,
-    )
+    return read_products(Path(items_csv), HM_MAP, limit=limit)
 
 
 def read_hm_events(events_csv: Path) -> list[Interaction]:
