@@ -119,6 +119,14 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # products with image_url (streams/imagefetch.py): only public addresses are fetched; this
+    # comma-separated allowlist (host, host:port, CIDR) opens chosen hosts even if private
+    image_fetch_allow_hosts: str = ""
+    image_fetch_timeout_s: float = Field(10.0, gt=0)  # connect, and between reads
+    image_fetch_total_s: float = Field(30.0, gt=0)  # one attempt, redirects included
+    image_fetch_max_redirects: int = Field(5, ge=0)
+    image_fetch_concurrency: int = Field(8, ge=1)  # fetches at once per worker
+    image_fetch_retries: int = Field(2, ge=0)  # for 5xx, timeouts, connection errors
     # a product's image_path must resolve (symlinks followed) inside this folder; relative
     # paths resolve here. None: data_dir / "images". HTTP uploads (data_dir / "uploads") are
     # always allowed. See image_roots.
@@ -196,6 +204,14 @@ class Settings(BaseSettings):
     sibling_pop_boost: float = Field(1.0, ge=0)
 
     topics: TopicNames = Field(default_factory=TopicNames)
+
+    @field_validator("image_fetch_allow_hosts")
+    @classmethod
+    def _check_allow_hosts(cls, value: str) -> str:
+        from streams.imagefetch import parse_allow
+
+        parse_allow(value)  # a malformed entry fails at start, not at the first fetch
+        return value
 
     @field_validator("roles")
     @classmethod
