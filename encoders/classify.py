@@ -56,6 +56,7 @@ __all__ = [
     "group_split",
     "head_probabilities",
     "majority_baseline",
+    "per_class_report",
     "topk_accuracy",
     "train_head",
 ]
@@ -137,6 +138,36 @@ def topk_accuracy(probs: np.ndarray, y: np.ndarray, k: int = 1) -> float:
     k = min(k, probs.shape[1])
     top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
     return float(np.mean(np.any(top == np.asarray(y)[:, None], axis=1)))
+
+
+def per_class_report(
+    probs: np.ndarray, y: np.ndarray, labels: Sequence[str], y_train: np.ndarray
+) -> list[dict[str, Any]]:
+    """Per class, on the evaluated rows: train and test counts, precision and recall of the
+    top-1 prediction and top-5 recall (None where undefined); classes in ``labels`` order."""
+    y = np.asarray(y)
+    n_classes = len(labels)
+    pred = probs.argmax(axis=1) if len(y) else np.zeros(0, dtype=np.int64)
+    k = min(5, probs.shape[1]) if probs.ndim == 2 and probs.shape[1] else 1
+    top5 = np.argsort(-probs, axis=1)[:, :k] if len(y) else np.zeros((0, k), dtype=np.int64)
+    in5 = np.any(top5 == y[:, None], axis=1)
+    train_counts = np.bincount(np.asarray(y_train), minlength=n_classes)
+    out = []
+    for c, name in enumerate(labels):
+        true = y == c
+        said = pred == c
+        hit = int(np.sum(true & said))
+        out.append(
+            {
+                "label": name,
+                "n_train": int(train_counts[c]),
+                "n_test": int(true.sum()),
+                "precision": hit / int(said.sum()) if said.any() else None,
+                "recall": hit / int(true.sum()) if true.any() else None,
+                "top5_recall": float(in5[true].mean()) if true.any() else None,
+            }
+        )
+    return out
 
 
 def majority_baseline(y_train: np.ndarray, y_eval: np.ndarray, k: int = 1) -> float:
@@ -363,12 +394,16 @@ def export_head(
     target: str,
     out_dir: str | Path,
     extra: dict[str, Any] | None = None,
+    field: str | None = None,
 ) -> tuple[str, Path]:
     """Write ``<out_dir>/classify-<target>/<sha12>.onnx`` + ``.labels.json``; update current.json.
 
     Returns ``(model_id, onnx path)``; ``model_id = "classify-<target>-<sha12>"``. The label
     list is also stored in the ONNX metadata (``labels``), so it is part of the hash.
+    ``field`` is the upload label the head fills at run time (``category`` or an attribute
+    name); default: ``category`` for the H&M :data:`TARGETS`, else ``target``.
     """
+    field = field or default_field(target)
     labels = list(labels)
     data = _onnx_bytes(model, {"target": target, "labels": json.dumps(labels)})
     sha = hashlib.sha256(data).hexdigest()
@@ -382,6 +417,7 @@ def export_head(
     meta = {
         "model_id": model_id,
         "target": target,
+        "field": field,
         "sha256": sha,
         "labels": labels,
         "input": INPUT_NAME,
@@ -391,6 +427,12 @@ def export_head(
     _write_json(_labels_path(onnx_path), meta)
     _write_json(folder / "current.json", {"model_id": model_id, "onnx": onnx_path.name})
     return model_id, onnx_path
+
+
+def default_field(target: str) -> str:
+    """The upload label a head for ``target`` fills: the H&M category targets fill
+    ``category``, any other label its own name."""
+    return "category" if target in TARGETS or not target else target
 
 
 def _labels_path(onnx_path: Path) -> Path:
@@ -423,6 +465,9 @@ class CategoryClassifier:
         meta = json.loads(_labels_path(path).read_text())
         self.labels: list[str] = list(meta["labels"])
         self.target: str = meta.get("target", "")
+        # the upload label it fills: "category" (heads exported before labels had names)
+        # or an attribute such as "colour"
+        self.field: str = meta.get("field") or "category"
         self.model_id: str = meta.get("model_id", path.stem)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1

@@ -6,6 +6,13 @@ softmax head (see :mod:`encoders.classify`) on the cached catalogue embeddings, 
 top-1/top-5 table against the majority-class baseline, exports the ONNX head + labels and
 writes ``<sha12>.metrics.json`` next to it.
 
+``vrec train classify --label COLUMN [--items FILE --map SPEC | --map-file JSON] [--group COL]
+[--split 0.8,0.1,0.1]`` does the same for any column of any catalogue (CSV / JSONL / Parquet,
+read and validated by :mod:`streams.catalogue_import`; default the H&M items and map), split by
+the ``--group`` column (else by item), and prints a per-class report. The head fills that label
+(``category`` when the column is the map's category, else the column's name, an attribute of
+the upload) for uploads without it.
+
 ``vrec train distill [--limit N] [--epochs N] [--seed S] [--size PX] [--out DIR] ...`` distils
 the EfficientNet-Lite0 encoder into a faster MobileNetV2 student (see :mod:`encoders.distill`).
 
@@ -36,6 +43,7 @@ from .classify import (
     group_split,
     head_probabilities,
     majority_baseline,
+    per_class_report,
     topk_accuracy,
     train_head,
 )
@@ -48,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("classify", help="softmax head: product_type_name / product_group_name")
     p.add_argument("--target", choices=[*TARGETS, "all"], default="product_type_name")
+    p.add_argument("--label", help="any catalogue column (or mapped field) to predict")
+    p.add_argument("--group", help="split by this column (e.g. product_code); else by item")
+    p.add_argument("--map", dest="map_spec", help="--items column map: field=column,... | hm")
+    p.add_argument("--map-file", type=Path, help="--items column map as JSON")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
     p.add_argument("--epochs", type=int, default=200, help="max epochs (early stopping on val)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--items", type=Path, default=None, help="items.csv (default: shared H&M)")
@@ -75,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.command == "classify":
-        return _classify(args)
+        return _classify_label(args) if args.label else _classify(args)
     if args.command == "distill":
         from .distill import run_cli
 
@@ -129,8 +142,12 @@ def run_classify(
     out_dir: Path | None = None,
     progress: bool = False,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    field: str | None = None,
+    group_name: str = "product_code",
 ) -> dict[str, Any]:
-    """Split, train, evaluate and (with ``out_dir``) export one head; returns the metrics."""
+    """Split (by ``groups``), train, evaluate and (with ``out_dir``) export one head; returns
+    the metrics, with a per-class report of the test split. ``field``: the upload label the
+    head fills (see :func:`encoders.classify.export_head`)."""
     t0 = time.perf_counter()
     valid = np.abs(x).sum(axis=1) > 0  # rows whose image could not be embedded are zero
     idx_all = np.flatnonzero(valid)
@@ -149,6 +166,7 @@ def run_classify(
         "n_train": int(len(tr)),
         "n_val": int(len(va)),
         "n_test": int(len(te)),
+        "group": group_name,
         "n_product_codes": int(len(np.unique(groups))),
         "n_raw_classes": int(len(np.unique(raw_labels))),
         "n_classes": ls.n_classes,
@@ -169,6 +187,7 @@ def run_classify(
         "epochs_run": res.epochs_run,
         "train_seconds": round(res.seconds, 2),
         "config": cfg.as_dict(),
+        "per_class": per_class_report(p_te, y[te], ls.labels, y[tr]),
     }
     if out_dir is not None:
         model_id, onnx_path = export_head(
@@ -177,12 +196,15 @@ def run_classify(
             target,
             out_dir,
             extra={"min_count": min_count, "rare": ls.rare, "head": metrics["head"]},
+            field=field,
         )
         from .classify import CategoryClassifier
 
         clf = CategoryClassifier(onnx_path)
         diff = float(np.max(np.abs(clf.predict_proba(x[te]) - p_te))) if len(te) else 0.0
-        metrics.update(model_id=model_id, onnx=str(onnx_path), onnx_max_abs_diff=diff)
+        metrics.update(
+            model_id=model_id, onnx=str(onnx_path), onnx_max_abs_diff=diff, field=clf.field
+        )
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
         (onnx_path.with_name(onnx_path.stem + ".metrics.json")).write_text(
             json.dumps(metrics, indent=2) + "\n"
@@ -245,6 +267,153 @@ def _classify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(format_table(rows))
+    return 0
+
+
+def format_per_class(m: dict[str, Any]) -> str:
+    """The per-class report of one head's test split, most trained classes first."""
+    head = f"{'class':<28} {'train':>6} {'test':>5} {'prec':>6} {'recall':>6} {'top5':>6}"
+    lines = [f"{m['target']}: per class (test split)", head, "-" * len(head)]
+
+    def num(v: float | None) -> str:
+        return f"{'-':>6}" if v is None else f"{v:>6.3f}"
+
+    for r in m["per_class"]:
+        lines.append(
+            f"{r['label'][:28]:<28} {r['n_train']:>6} {r['n_test']:>5} {num(r['precision'])} "
+            f"{num(r['recall'])} {num(r['top5_recall'])}"
+        )
+    return "\n".join(lines)
+
+
+def _split(text: str) -> tuple[float, float, float]:
+    parts = tuple(float(x) for x in text.split(","))
+    if len(parts) != 3:
+        raise ValueError(f"--split needs three fractions, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def load_labelled(
+    path: Path,
+    cmap: Any,
+    label: str,
+    group: str | None = None,
+    limit: int | None = None,
+) -> tuple[list[Path], np.ndarray, np.ndarray, dict[str, int]]:
+    """(image paths, labels, groups, skipped counts) of a catalogue's valid rows that have a
+    label and an image file. ``label`` / ``group``: a column of the file or a field /
+    attribute of the map; without ``group`` every item is its own group."""
+    from streams.catalogue_import import plan_import
+
+    plan = plan_import(path, cmap, limit=limit, check_images=True)
+    skipped = dict(plan.by_reason())
+    paths, labels, groups = [], [], []
+    for a in plan.accepted:
+        value = _value(a, cmap, label)
+        if value is None:
+            skipped["no label"] = skipped.get("no label", 0) + 1
+            continue
+        if not a.product.image_path:
+            skipped["no image file"] = skipped.get("no image file", 0) + 1
+            continue
+        paths.append(Path(a.product.image_path))
+        labels.append(value)
+        groups.append((_value(a, cmap, group) if group else None) or f"item:{a.product.item_id}")
+    return paths, np.array(labels, dtype=str), np.array(groups, dtype=str), skipped
+
+
+def _value(accepted: Any, cmap: Any, name: str) -> str | None:
+    """A row's value of ``name``: the column of that name, else the mapped field / attribute."""
+    from streams.catalogue_import import _text
+
+    if name in accepted.values:
+        text = _text(accepted.values[name])
+        return text.strip() if text else None
+    hit = cmap.column_of(name)
+    if hit is None:
+        raise ValueError(f"no column {name!r} in the catalogue (nor a mapped field of that name)")
+    kind, mapped = hit
+    if kind == "attribute":
+        return accepted.product.label(mapped)
+    cols = cmap.fields[mapped]
+    return _value(accepted, cmap, cols[0]) if len(cols) == 1 and cols[0] != name else None
+
+
+def label_field(cmap: Any, label: str) -> str:
+    """The upload label a head for ``label`` fills: ``category`` when ``label`` is (the column
+    of) the map's category, an attribute's name when it is one, else ``label`` itself."""
+    hit = cmap.column_of(label)
+    if hit is None or (hit[0] == "field" and hit[1] != "category"):
+        return label
+    return hit[1]
+
+
+def _classify_label(args: argparse.Namespace) -> int:
+    from encoders import ImageEncoder, ensure_model
+    from encoders.cache import EmbeddingCache, embed_catalogue
+    from streams.catalogue_import import HM_MAP, column_map
+    from streams.eval.data import DEFAULT_HM_DIR
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    out_dir = args.out if args.out is not None else settings.model_dir
+    path = Path(args.items) if args.items is not None else Path(DEFAULT_HM_DIR)
+    path = path / "items.csv" if path.is_dir() else path
+    try:
+        cmap = (
+            column_map(args.map_spec, args.map_file) if args.map_spec or args.map_file else HM_MAP
+        )
+        fractions = _split(args.split)
+        t0 = time.perf_counter()
+        paths, raw, groups, skipped = load_labelled(
+            path, cmap, args.label, args.group, args.limit or None
+        )
+    except ValueError as exc:
+        print(f"vrec train classify: {exc}", file=sys.stderr)
+        return 2
+    if len(paths) < 3:
+        print(f"vrec train classify: {len(paths)} labelled rows in {path}", file=sys.stderr)
+        return 2
+    encoder = ImageEncoder(ensure_model(settings.model_dir), device="cpu")
+    with EmbeddingCache(args.cache) as cache:
+        x = embed_catalogue(encoder, paths, cache, progress=not args.no_progress, errors="zero")
+    skips = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"
+    print(
+        f"loaded {len(paths)} labelled items of {path} ({args.label!r}; skipped: {skips}), "
+        f"embeddings {x.shape} in {time.perf_counter() - t0:.1f}s",
+        file=sys.stderr,
+    )
+    cfg = HeadConfig(
+        hidden=args.hidden,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        seed=args.seed,
+    )
+    m = run_classify(
+        x,
+        raw,
+        groups,
+        args.label,
+        cfg,
+        min_count=args.min_count,
+        out_dir=out_dir,
+        progress=not args.no_progress,
+        fractions=fractions,
+        field=label_field(cmap, args.label),
+        group_name=args.group or "item",
+    )
+    m.pop("_model")
+    m["skipped"] = skipped
+    print(
+        f"{args.label}: {m['model_id']} -> {m['onnx']} fills {m['field']!r} "
+        f"(split by {m['group']}; onnx vs torch max |diff| {m['onnx_max_abs_diff']:.2e})",
+        file=sys.stderr,
+    )
+    print(format_table([m]))
+    print(format_per_class(m))
     return 0
 
 

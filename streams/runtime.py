@@ -123,6 +123,8 @@ class Runtime:
     model_id: str = "none"
     cache: Any = None  # encoders.cache.EmbeddingCache when settings.embedding_cache is set
     classifier: Any = None  # encoders.classify.CategoryClassifier when settings.classifier is set
+    # every head of settings.classifier (comma-separated), each filling its own label
+    classifiers: list[Any] = field(default_factory=list)
     text_encoder: Any = None  # encoders.text.TextEncoder when text_weight > 0 (encode role)
     # catalogue mirror (filled from the store at start, then by the encode agent and replica)
     catalogue: Catalogue = field(default_factory=Catalogue)
@@ -152,7 +154,9 @@ class Runtime:
         if s.classifier:
             from encoders.classify import CategoryClassifier
 
-            self.classifier = CategoryClassifier(s.classifier)
+            heads = [h.strip() for h in s.classifier.split(",") if h.strip()]
+            self.classifiers = [CategoryClassifier(h) for h in heads]
+            self.classifier = self.classifiers[0] if self.classifiers else None
         if s.embedding_cache:
             from encoders.cache import EmbeddingCache
 

@@ -137,8 +137,9 @@ class Settings(BaseSettings):
     # images with a long side over twice this are decoded reduced (JPEG draft, reduce) to at
     # least this long side before preprocessing
     decode_max_side: int = Field(512, ge=64)
-    # a `vrec train classify` head (folder or .onnx): uploads without a category get the
-    # predicted one and its confidence in their payload; "" = off
+    # `vrec train classify` heads (folders or .onnx files, comma-separated): uploads without
+    # a head's label (category, or an attribute such as colour) get the predicted one and its
+    # confidence in their payload; "" = off
     classifier: str = ""
     # sqlite file of embeddings keyed by (model id, image sha256); "" = no cache
     embedding_cache: str = ""

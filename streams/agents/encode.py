@@ -75,15 +75,22 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         return np.stack(out)
 
     def with_predicted_category(products: list[ProductUpload], vectors: np.ndarray) -> list[dict]:
-        """Payloads; uploads without a category get the classifier's label and confidence."""
+        """Payloads; for each classifier head, uploads without its label (``category`` or an
+        attribute such as ``colour``) get the predicted label, its confidence and model id."""
         payloads = [p.payload() for p in products]
-        missing = [i for i, p in enumerate(products) if not p.category]
-        if rt.classifier is not None and missing:
-            for i, (label, conf) in zip(missing, rt.classifier.predict(vectors[missing])):
+        heads = rt.classifiers or ([rt.classifier] if rt.classifier is not None else [])
+        for head in heads:
+            name = head.field
+            missing = [i for i, p in enumerate(products) if not p.label(name)]
+            if not missing:
+                continue
+            for i, (label, conf) in zip(missing, head.predict(vectors[missing])):
                 payloads[i].update(
-                    category=label,
-                    category_confidence=round(conf, 4),
-                    category_model=rt.classifier.model_id,
+                    {
+                        name: label,
+                        f"{name}_confidence": round(conf, 4),
+                        f"{name}_model": head.model_id,
+                    }
                 )
         return payloads
 
