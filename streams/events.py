@@ -16,6 +16,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import time
 from datetime import datetime
 from typing import Any, Literal
@@ -122,12 +123,17 @@ class _Model(BaseModel):
         return cls.model_validate_json(raw)
 
 
+_HTTP_URL = re.compile(r"https?://[^/?#\s]+\S*", re.IGNORECASE)
+
+
 class ProductUpload(_Model):
-    """A product upload: the image as a file path or base64 bytes."""
+    """A product upload: the image as a file path, base64 bytes or an http(s) URL (exactly
+    one; the encode agent fetches URLs through streams/imagefetch.py)."""
 
     item_id: str = Field(min_length=1, max_length=128)
     image_path: str | None = None
     image_b64: str | None = None
+    image_url: str | None = None
     title: str = ""
     category: str | None = None
     description: str | None = None  # optional text (title + category + description: text vector)
@@ -147,16 +153,26 @@ class ProductUpload(_Model):
             raise ValueError(f"price must be a finite number, got {price}")
         return price
 
+    @field_validator("image_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url and (len(url) > 2048 or not _HTTP_URL.fullmatch(url)):
+            raise ValueError("image_url must be an http or https URL of at most 2048 characters")
+        return url
+
     @model_validator(mode="after")
     def _one_image(self) -> ProductUpload:
-        if not self.image_path and not self.image_b64:
-            raise ValueError("product needs image_path or image_b64")
+        given = [n for n in ("image_path", "image_b64", "image_url") if getattr(self, n)]
+        if not given:
+            raise ValueError("product needs one image: image_path or image_b64 or image_url")
+        if len(given) > 1:
+            raise ValueError(f"product needs exactly one image source, got {', '.join(given)}")
         return self
 
     def payload(self) -> dict[str, Any]:
         """What the vector store keeps beside the vectors."""
         out: dict[str, Any] = {"item_id": self.item_id, "title": self.title}
-        for name in ("category", "description", "product_code", "price", "image_path"):
+        for name in ("category", "description", "product_code", "price", "image_path", "image_url"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value

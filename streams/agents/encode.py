@@ -13,6 +13,7 @@ import numpy as np
 
 from streams.deadletters import DeadLetterSink, describe
 from streams.events import ItemEmbedding, ProductUpload, encode_vector
+from streams.imagefetch import ImageFetcher
 from streams.runtime import Runtime
 from streams.topics import Topics
 
@@ -23,9 +24,12 @@ def resolve_image(
     product: ProductUpload, roots: Sequence[Path] | None, max_bytes: int = 10 * 2**20
 ) -> bytes:
     """The image bytes of an upload: its base64, or the file its image_path names inside
-    ``roots`` (relative: under ``roots[0]``; see ``encoders.preprocess.read_confined``)."""
+    ``roots`` (relative: under ``roots[0]``; see ``encoders.preprocess.read_confined``). An
+    image_url is not read here: the agent fetches it (``streams.imagefetch``)."""
     from encoders.preprocess import read_confined, unavailable
 
+    if product.image_url:
+        raise ValueError("image_url is fetched by the encode agent, not read as a file")
     if product.image_b64:
         try:
             return base64.b64decode(product.image_b64, validate=True)
@@ -41,13 +45,21 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
     from encoders.preprocess import PixelBudget
 
     decode_budget = PixelBudget(s.max_batch_pixels)
+    fetcher = ImageFetcher.from_settings(s)  # products with image_url
 
-    def load(product: ProductUpload) -> tuple[str | None, np.ndarray | None, object | None]:
-        """(image sha256, cached vector, decoded image); runs in the decode pool."""
+    def load(
+        product: ProductUpload, fetched: bytes | None = None
+    ) -> tuple[str | None, np.ndarray | None, object | None]:
+        """(image sha256, cached vector, decoded image); runs in the decode pool. ``fetched``:
+        the bytes of the product's image_url."""
         from encoders import load_image
         from encoders.cache import sha256_bytes
 
-        data = resolve_image(product, s.image_roots, s.max_image_bytes)
+        data = (
+            fetched
+            if fetched is not None
+            else resolve_image(product, s.image_roots, s.max_image_bytes)
+        )
         limits = {
             "max_bytes": s.max_image_bytes,
             "max_pixels": s.max_image_pixels,
@@ -120,7 +132,8 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                 loop_items.append((ev, decode_product(ev.value)))
             except ValueError as exc:
                 await dead.send(describe(exc), ev.value, message=ev.message, stage="encode")
-        futures = [rt.decode_pool.submit(load, p) for _, p in loop_items]
+        loop_items, fetched = await fetch_urls(loop_items)
+        futures = [rt.decode_pool.submit(load, p, f) for (_, p), f in zip(loop_items, fetched)]
         good: list[tuple[faust.EventT, ProductUpload]] = []
         loaded = []
         for (ev, product), fut in zip(loop_items, futures):
@@ -148,6 +161,28 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         for out in outputs:
             await topics.item_embeddings.send(key=out.item_id.encode(), value=out.to_bytes())
         log.info("embedded %d products (%d dead letters so far)", len(outputs), dead.count)
+
+    async def fetch_urls(
+        items: list[tuple[faust.EventT, ProductUpload]],
+    ) -> tuple[list[tuple[faust.EventT, ProductUpload]], list[bytes | None]]:
+        """Fetch the image_url images of a batch concurrently (the fetcher bounds how many at
+        once); a failed fetch is a dead letter. The items left and their bytes (None: no URL)."""
+
+        async def one(product: ProductUpload) -> bytes | None:
+            return None if not product.image_url else await fetcher.fetch(product.image_url)
+
+        results = await asyncio.gather(*(one(p) for _, p in items), return_exceptions=True)
+        kept: list[tuple[faust.EventT, ProductUpload]] = []
+        data: list[bytes | None] = []
+        for (ev, product), got in zip(items, results):
+            if isinstance(got, Exception):
+                await dead.send(f"image_url: {got}", ev.value, message=ev.message, stage="encode")
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                kept.append((ev, product))
+                data.append(got)
+        return kept, data
 
     async def _fail(ev: faust.EventT, exc: Exception) -> None:
         reason = f"encode: {type(exc).__name__}: {exc}"

@@ -83,6 +83,45 @@ def test_product_upload_needs_an_image():
         ProductUpload(item_id="x", image_path="", image_b64="")
     assert ProductUpload(item_id="x", image_path="a.jpg").image_path == "a.jpg"
     assert ProductUpload(item_id="x", image_b64="AAAA").image_b64 == "AAAA"
+    url = "https://cdn.example.com/a.jpg"
+    assert ProductUpload(item_id="x", image_url=url).image_url == url
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        {"image_path": "a.jpg", "image_b64": "AAAA"},
+        {"image_path": "a.jpg", "image_url": "http://example.com/a.jpg"},
+        {"image_b64": "AAAA", "image_url": "http://example.com/a.jpg"},
+        {"image_path": "a.jpg", "image_b64": "AAAA", "image_url": "http://example.com/a.jpg"},
+    ],
+)
+def test_product_upload_takes_exactly_one_image(images: dict) -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        ProductUpload(item_id="x", **images)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/a.jpg",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "example.com/a.jpg",
+        "http://",
+        "https://" + "a" * 2100 + ".com/",
+    ],
+)
+def test_product_upload_image_url_is_http_or_https(url: str) -> None:
+    with pytest.raises(ValidationError, match="image_url must be an http"):
+        ProductUpload(item_id="x", image_url=url)
+
+
+def test_resolve_image_leaves_urls_to_the_fetcher() -> None:
+    p = ProductUpload(item_id="x", image_url="http://example.com/a.jpg")
+    with pytest.raises(ValueError, match="image_url"):
+        resolve_image(p, None)
+    assert p.payload()["image_url"] == "http://example.com/a.jpg"
 
 
 def test_product_upload_validation_and_payload():
@@ -299,9 +338,7 @@ def test_resolve_image_base64_valid():
     data = b"\x89PNG\r\n\x1a\n\x00binary"
     p = ProductUpload(item_id="x", image_b64=base64.b64encode(data).decode())
     assert resolve_image(p, None) == data
-    # base64 wins over a path
-    p2 = ProductUpload(item_id="x", image_b64=base64.b64encode(data).decode(), image_path="a.jpg")
-    assert resolve_image(p2, Path("/root")) == data
+    assert resolve_image(p, [Path("/root")]) == data  # base64 needs no image root
 
 
 @pytest.mark.parametrize("bad", ["not base64!!", "abc", "QUJD\nRA==x"])
