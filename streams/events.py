@@ -246,6 +246,8 @@ class Recommendation(_Model):
     # ranked this list (the last record of the micro-batch); None for lists made elsewhere
     as_of_partition: int | None = None
     as_of_offset: int | None = None
+    # the experiment variant that ranked it (streams/experiment.py); None without an experiment
+    variant: str | None = None
 
 
 def encode_vector(vec: np.ndarray) -> str:

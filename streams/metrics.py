@@ -45,6 +45,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MAX_TRACKED_ARRIVALS = 100_000  # event ids awaiting their recommendation (oldest dropped)
 TABLE_SAMPLE_S = 10.0
+ONLINE_AT = (1, 5, 10)  # hit@at counters besides hit@k (anywhere in the list)
 
 
 class VrecMetrics:
@@ -108,6 +109,26 @@ class VrecMetrics:
             registry=r,
         )
         self.store_items = Gauge("vrec_store_items", "Items in the vector store", registry=r)
+        # online metrics: each event scored against the last list published to its user
+        online = ["variant", "trigger", "strategy", "kind"]
+        self.online_events = Counter(
+            "vrec_online_events",
+            "Events scored against the last list their user was shown",
+            online,
+            registry=r,
+        )
+        self.online_hits = Counter(
+            "vrec_online_hits",
+            "Events whose item was in the first `at` items of that list (at=k: anywhere)",
+            [*online, "at"],
+            registry=r,
+        )
+        self.online_rr = Counter(
+            "vrec_online_rr", "Sum of reciprocal ranks of the events' items", online, registry=r
+        )
+        self.online_rr_squared = Counter(
+            "vrec_online_rr_squared", "Sum of squared reciprocal ranks", online, registry=r
+        )
         self._arrivals: OrderedDict[str, float] = OrderedDict()
 
     # -- API for the agents ----------------------------------------------------------------
@@ -116,6 +137,20 @@ class VrecMetrics:
         self.encode_batch.labels(source).observe(batch_size)
         self.encode_seconds.labels(source).observe(seconds)
         self.encoded.labels(source).inc(batch_size)
+
+    def observe_hits(self, hits: Iterable[Any]) -> None:
+        """Online metrics of a batch (streams.userbatch.OnlineHit records)."""
+        for h in hits:
+            labels = (h.variant or "-", h.trigger, h.strategy, h.kind)
+            self.online_events.labels(*labels).inc()
+            if h.rank:
+                rr = 1.0 / h.rank
+                self.online_rr.labels(*labels).inc(rr)
+                self.online_rr_squared.labels(*labels).inc(rr * rr)
+                for at in ONLINE_AT:
+                    if h.rank <= at:
+                        self.online_hits.labels(*labels, str(at)).inc()
+                self.online_hits.labels(*labels, "k").inc()
 
     # -- latency bookkeeping ---------------------------------------------------------------
     def event_arrived(self, event_id: str, at: float) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from streams.catalogue import Catalogue
 from streams.events import RecItem, Recommendation
+from streams.experiment import Experiment
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
 from streams.ranking.hybrid import (
@@ -29,8 +30,9 @@ from streams.ranking.hybrid import (
     top_by_score,
 )
 from streams.settings import Settings
-from streams.userstate import UserState, excluded_items, user_vector
+from streams.userstate import LastList, UserState, excluded_items, item_hash, user_vector
 
+MAX_LIST = 255  # items of the last list a user state keeps
 TRENDING_KEY = "*"  # user_id of the trending list (trending topic) for users not seen yet
 
 # (unit user vector, limit, excluded ids) -> [(item_id, vector)] candidates, best first
@@ -54,10 +56,12 @@ class RankConfig:
     cf_per_seed: int
     cf_candidates: int
     pop_candidates: int
+    variant: str = ""  # the experiment variant these settings are ("": no experiment)
 
     @classmethod
-    def from_settings(cls, s: Settings) -> RankConfig:
+    def from_settings(cls, s: Settings, variant: str = "") -> RankConfig:
         return cls(
+            variant=variant,
             ranker=s.ranker,
             k=s.top_k,
             exclude=s.exclude,
@@ -113,6 +117,70 @@ class RankContext:
         unit = (mat / np.linalg.norm(mat, axis=1, keepdims=True)).astype(np.float32)
         cos = (unit @ self._head_unit.T).astype(np.float64)
         return dict(zip(users, cos))
+
+
+class Ranking:
+    """The rank contexts of one moment per experiment variant, and who is ranked with which.
+
+    Without an experiment there is one context, named "" (records carry no variant).
+    """
+
+    def __init__(
+        self, contexts: Mapping[str, RankContext], experiment: Experiment | None = None
+    ) -> None:
+        self.contexts = dict(contexts)
+        self.experiment = experiment
+
+    @classmethod
+    def build(
+        cls,
+        configs: Mapping[str, RankConfig],
+        experiment: Experiment | None,
+        *,
+        trending: Trending,
+        copurchase: CoPurchase,
+        catalogue: Catalogue,
+    ) -> Ranking:
+        contexts = {
+            name: RankContext(cfg, trending=trending, copurchase=copurchase, catalogue=catalogue)
+            for name, cfg in configs.items()
+        }
+        return cls(contexts, experiment)
+
+    def own(self, user_id: str) -> str:
+        """The variant whose list the user sees ("" without an experiment)."""
+        return "" if self.experiment is None else self.experiment.assign(user_id)
+
+    def groups(self, user_ids: Iterable[str]) -> list[tuple[RankContext, list[str]]]:
+        """(context, users it ranks) per variant; in shadow mode every variant ranks all."""
+        users = list(user_ids)
+        if self.experiment is None:
+            return [(ctx, users) for ctx in self.contexts.values()]
+        return [
+            (self.contexts[name], members)
+            for name in self.experiment.names
+            if (members := self.experiment.members(users, name))
+        ]
+
+
+def remember_lists(
+    states: Mapping[str, UserState], records: Iterable[Recommendation], ranking: Ranking
+) -> set[str]:
+    """Keep in each user's state the list of their own variant just published (online metrics
+    score their next event against it); returns the users whose state changed."""
+    changed = set()
+    for rec in records:
+        state = states.get(rec.user_id)
+        if state is None or (rec.variant or "") != ranking.own(rec.user_id):
+            continue
+        state.last_list = LastList(
+            variant=rec.variant or "",
+            trigger=rec.trigger,
+            strategy=rec.strategy,
+            items=tuple(item_hash(i.item_id) for i in rec.items[:MAX_LIST]),
+        )
+        changed.add(rec.user_id)
+    return changed
 
 
 def _unit_rows(ids: Sequence[str], cat: Catalogue) -> np.ndarray:
@@ -276,8 +344,10 @@ def to_record(
     event_ts: float | None,
     trigger: str = "event",
     as_of: tuple[int, int] | None = None,
+    variant: str = "",
 ) -> Recommendation:
     return Recommendation(
+        variant=variant or None,
         trigger=trigger,
         user_id=user_id,
         items=[RecItem(item_id=s.item_id, score=s.score, reason=s.reason) for s in ranked],

@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     event_time_max_late_s: float | None = Field(30 * 86_400.0, ge=0)
     event_time_policy: Literal["dead_letter", "clamp"] = "dead_letter"
 
+    # A/B/n experiment (streams/experiment.py): JSON or a JSON file's path; None: no variants.
+    # variants_shadow ranks every user with every variant (evaluation: paired comparisons)
+    variants: str | None = None
+    variants_shadow: bool = False
+
     # users agent micro-batches: at most batch_max user-events, waiting at most batch_within_s;
     # one recommendation per user per batch (their latest event's). batch_max=1: one per event
     batch_max: int = Field(1000, ge=1)

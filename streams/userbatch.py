@@ -21,13 +21,16 @@ from dataclasses import dataclass, field
 from streams.catalogue import Catalogue
 from streams.dayclose import ActiveDays
 from streams.events import Interaction, Recommendation, Tick, is_tick, json_object
+from streams.experiment import Experiment
 from streams.ranking import Trending
 from streams.ranking.copurchase import CoPurchase
 from streams.recommend import (
     Candidates,
     RankConfig,
     RankContext,
+    Ranking,
     rank_states,
+    remember_lists,
     to_record,
     visual_queries,
 )
@@ -103,6 +106,18 @@ class TableWrites:
         return len(self.users) + len(self.trending) + len(self.copurchase) + len(self.active)
 
 
+@dataclass(frozen=True)
+class OnlineHit:
+    """An event scored against the last list published to its user before it."""
+
+    variant: str
+    trigger: str  # of that list: "event" or "day_close"
+    strategy: str  # of that list
+    kind: str  # of the event: "view" or "purchase"
+    rank: int  # 1-based position of the event's item in the list; 0: not in it
+    k: int  # the list's length
+
+
 @dataclass
 class Folded:
     partition: int
@@ -111,6 +126,7 @@ class Folded:
     writes: TableWrites
     dead: list[tuple[str, InputRecord]]  # (reason, record)
     as_of: int | None  # offset of the batch's last record
+    hits: list[OnlineHit] = field(default_factory=list)  # online metrics, in folding order
 
 
 def popularity_count(state: UserState, event: Interaction, cfg: FoldConfig) -> int:
@@ -150,6 +166,7 @@ def fold_batch(
     states: dict[str, UserState] = {}
     last_event: dict[str, Interaction] = {}
     dead: list[tuple[str, InputRecord]] = []
+    hits: list[OnlineHit] = []
     tr, co, active = part.trending, part.copurchase, part.active
     applied = part.applied
 
@@ -194,6 +211,14 @@ def fold_batch(
                     )
                 for a, b in dropped:
                     writes.copurchase[copurchase_key(partition, a, b)] = None
+        shown = state.last_list
+        if shown is not None:
+            rank = shown.rank_of(event.item_id)
+            hits.append(
+                OnlineHit(
+                    shown.variant, shown.trigger, shown.strategy, event.kind, rank, len(shown.items)
+                )
+            )
         count = popularity_count(state, event, cfg)  # before the fold: needs the old state
         state.fold(
             item_id=event.item_id,
@@ -236,39 +261,70 @@ def fold_batch(
         writes=writes,
         dead=dead,
         as_of=records[-1].offset if records else None,
+        hits=hits,
     )
 
 
 def rank_batch(
     folded: Folded,
-    ctx: RankContext,
+    ranking: Ranking | RankContext,
     *,
     model_id: str,
-    candidates: Mapping[str, Candidates] | None = None,
+    candidates: Mapping[str, Mapping[str, Candidates]] | Mapping[str, Candidates] | None = None,
 ) -> list[Recommendation]:
-    """One recommendation per user of the batch, in the order of their newest events."""
-    ranked = rank_states(folded.states, ctx, candidates)
+    """One recommendation per user of the batch (per variant ranking them), in the order of
+    their newest events; each user's own list is kept in their state and their state's bytes
+    in ``folded.writes.users`` are updated.
+
+    ``candidates`` (visual ranker): variant -> user -> the store's neighbours (a plain
+    user -> neighbours mapping with a single context)."""
+    if isinstance(ranking, RankContext):
+        ranking, candidates = Ranking({"": ranking}), {"": candidates or {}}
     as_of = None if folded.as_of is None else (folded.partition, folded.as_of)
     out = []
-    for user_id, event in folded.last_event.items():
-        items, strategy = ranked[user_id]
-        out.append(
-            to_record(
-                user_id,
-                items,
-                strategy,
-                model_id=model_id,
-                event_id=event.event_id,
-                event_ts=event.ts,
-                as_of=as_of,
+    for ctx, users in ranking.groups(folded.last_event):
+        variant = ctx.config.variant
+        found = (candidates or {}).get(variant)
+        ranked = rank_states({u: folded.states[u] for u in users}, ctx, found)  # type: ignore[arg-type]
+        for user_id in users:
+            event = folded.last_event[user_id]
+            items, strategy = ranked[user_id]
+            out.append(
+                to_record(
+                    user_id,
+                    items,
+                    strategy,
+                    model_id=model_id,
+                    event_id=event.event_id,
+                    event_ts=event.ts,
+                    as_of=as_of,
+                    variant=variant,
+                )
             )
-        )
+    for user_id in remember_lists(folded.states, out, ranking):
+        folded.writes.users[user_id.encode()] = folded.states[user_id].to_bytes()
     return out
 
 
 def rank_context(part: PartitionState, catalogue: Catalogue, config: RankConfig) -> RankContext:
     return RankContext(
         config, trending=part.trending, copurchase=part.copurchase, catalogue=catalogue
+    )
+
+
+def ranking_for(
+    part: PartitionState,
+    catalogue: Catalogue,
+    configs: Mapping[str, RankConfig],
+    experiment: Experiment | None = None,
+) -> Ranking:
+    """The partition's rank contexts now, one per variant (``configs``: variant -> config)."""
+    return Ranking.build(
+        configs,
+        experiment,
+        trending=part.trending,
+        copurchase=part.copurchase,
+        catalogue=catalogue,
     )
 
 
@@ -289,17 +345,24 @@ def process_batch(
     rank_cfg: RankConfig,
     model_id: str = "test",
     search: Callable[..., Candidates] | None = None,
+    ranking: Ranking | None = None,
 ) -> BatchResult:
     """Fold and rank one batch synchronously; ``search(unit, limit, exclude)`` serves the
-    visual ranker's store queries."""
+    visual ranker's store queries; ``ranking`` (built after the fold, from ``part``) ranks
+    per experiment variant, else ``rank_cfg`` alone."""
     folded = fold_batch(
         records, partition=partition, part=part, users=users, catalogue=catalogue, cfg=fold_cfg
     )
-    ctx = rank_context(part, catalogue, rank_cfg)
-    candidates = None
-    if rank_cfg.ranker != "hybrid" and search is not None:
-        candidates = {
-            u: search(unit, 2 * rank_cfg.k, exclude)
-            for u, (unit, exclude) in visual_queries(folded.states, ctx).items()
-        }
-    return BatchResult(folded, rank_batch(folded, ctx, model_id=model_id, candidates=candidates))
+    if ranking is None:
+        ranking = Ranking({"": rank_context(part, catalogue, rank_cfg)})
+    candidates: dict[str, dict[str, Candidates]] = {}
+    for ctx, members in ranking.groups(folded.last_event):
+        if ctx.config.ranker != "hybrid" and search is not None:
+            mine = {u: folded.states[u] for u in members}
+            candidates[ctx.config.variant] = {
+                u: search(unit, 2 * ctx.config.k, exclude)
+                for u, (unit, exclude) in visual_queries(mine, ctx).items()
+            }
+    return BatchResult(
+        folded, rank_batch(folded, ranking, model_id=model_id, candidates=candidates)
+    )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -75,6 +76,34 @@ class HistoryEntry:
     event_hash: int = 0
 
 
+TRIGGERS = ("event", "day_close")
+STRATEGIES = ("hybrid", "visual", "trending")
+
+
+def item_hash(item_id: str) -> int:
+    """32 bits of an item id, for the last list a user state keeps (a false hit needs one of
+    the list's 12 hashes to equal the event item's: ~3e-9 per event)."""
+    return zlib.crc32(item_id.encode())
+
+
+@dataclass
+class LastList:
+    """The last list published to the user (online metrics score the next event against it)."""
+
+    variant: str  # "" without an experiment
+    trigger: str  # TRIGGERS
+    strategy: str  # STRATEGIES
+    items: tuple[int, ...]  # item_hash of each item, best first
+
+    def rank_of(self, item_id: str) -> int:
+        """1-based position of the item in the list, 0 when it is not there."""
+        h = item_hash(item_id)
+        for n, x in enumerate(self.items, 1):
+            if x == h:
+                return n
+        return 0
+
+
 @dataclass
 class UserState:
     user_id: str
@@ -87,6 +116,7 @@ class UserState:
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> last offset folded
     # (source topic code, source partition) -> last source offset folded (Interaction.source)
     sources: dict[tuple[int, int], int] = field(default_factory=dict)
+    last_list: LastList | None = None
 
     # -- views used by the rankers ----------------------------------------------------------
     @property
@@ -226,11 +256,13 @@ def excluded_items(state: UserState, policy: str) -> frozenset[str]:
 # header: version u8, n_events u32, wsum f64, ref_ts f64, last_ts f64, user id (u16 len + utf-8)
 # offsets: u8 count, then (u16 partition, i64 offset)
 # sources: u16 count, then (u8 topic code, u16 partition, i64 offset)
+# last list: u8 0 (none) or 1, then u8 trigger, u8 strategy, u8 variant len + utf-8,
+#            u8 count, then u32 item hashes
 # items: u32 count, then (u16 id len + utf-8, u8 flags, f64 vw, f64 touched_ts
 #        [, f64 rep, f64 bought_ts if bought])
 # history: u16 count, then (u32 item index into items or 0xFFFFFFFF + u16 len + id, u8 kind,
 #          f64 ts, u64 event hash)
-_VERSION = 3
+_VERSION = 4
 _HEAD = struct.Struct("<BIdddH")
 _OFFSET = struct.Struct("<Hq")
 _SOURCE = struct.Struct("<BHq")
@@ -254,6 +286,7 @@ def encode_state(s: UserState) -> bytes:
     out.extend(_OFFSET.pack(p, o) for p, o in sorted(s.offsets.items()))
     out.append(_LEN.pack(len(s.sources)))
     out.extend(_SOURCE.pack(t, p, o) for (t, p), o in sorted(s.sources.items()))
+    out.append(_encode_list(s.last_list))
     out.append(struct.pack("<I", len(s.items)))
     pos: dict[str, int] = {}
     for n, (item_id, st) in enumerate(s.items.items()):
@@ -270,6 +303,32 @@ def encode_state(s: UserState) -> bytes:
         if ref == _INLINE:
             out.append(_id_bytes(h.item_id))
     return b"".join(out)
+
+
+def _encode_list(last: LastList | None) -> bytes:
+    if last is None:
+        return b"\0"
+    name = last.variant.encode()
+    return b"".join(
+        [
+            bytes((1, TRIGGERS.index(last.trigger), STRATEGIES.index(last.strategy), len(name))),
+            name,
+            bytes((len(last.items),)),
+            struct.pack(f"<{len(last.items)}I", *last.items),
+        ]
+    )
+
+
+def _decode_list(view: memoryview, at: int) -> tuple[LastList | None, int]:
+    if view[at] == 0:
+        return None, at + 1
+    if view[at] != 1:
+        raise ValueError(f"user state: last-list flag {view[at]}")
+    trigger, strategy = TRIGGERS[view[at + 1]], STRATEGIES[view[at + 2]]
+    variant, at = _read_str(view, at + 4, view[at + 3])
+    n = view[at]
+    items = struct.unpack_from(f"<{n}I", view, at + 1)
+    return LastList(variant, trigger, strategy, tuple(items)), at + 1 + 4 * n
 
 
 def decode_state(raw: bytes) -> UserState:
@@ -311,6 +370,7 @@ def _decode(view: memoryview) -> UserState:
         t, p, o = _SOURCE.unpack_from(view, at)
         sources[(t, p)] = o
         at += _SOURCE.size
+    last_list, at = _decode_list(view, at)
     (n_items,) = struct.unpack_from("<I", view, at)
     at += 4
     items: dict[str, ItemStat] = {}
@@ -350,4 +410,5 @@ def _decode(view: memoryview) -> UserState:
         history=history,
         offsets=offsets,
         sources=sources,
+        last_list=last_list,
     )

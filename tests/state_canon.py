@@ -27,5 +27,6 @@ def canon(s: UserState) -> tuple:
         [(h.item_id, h.kind, bits(h.ts), h.event_hash) for h in s.history],
         sorted(s.offsets.items()),
         sorted(s.sources.items()),
+        s.last_list,
         all(type(p) is int and type(o) is int for p, o in s.offsets.items()),
     )

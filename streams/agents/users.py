@@ -24,21 +24,25 @@ from collections.abc import Mapping, Sequence
 import faust
 import faust.streams as faust_streams
 
+from streams import metrics
 from streams.deadletters import DeadLetterSink
 from streams.events import Tick, is_tick, json_object
+from streams.experiment import from_settings, variant_settings
 from streams.ranking import top_trending
 from streams.recommend import (
     TRENDING_KEY,
     Candidates,
     RankConfig,
+    Ranking,
     rank_states,
+    remember_lists,
     to_record,
     visual_queries,
 )
 from streams.runtime import Runtime
 from streams.tables import Tables, active_key
 from streams.topics import Topics
-from streams.userbatch import FoldConfig, InputRecord, fold_batch, rank_batch, rank_context
+from streams.userbatch import FoldConfig, InputRecord, fold_batch, rank_batch, ranking_for
 from streams.userstate import UserState
 
 log = logging.getLogger(__name__)
@@ -67,26 +71,41 @@ def register(
 ) -> None:
     s = rt.settings
     fold_cfg = FoldConfig.from_settings(s)
-    rank_cfg = RankConfig.from_settings(s)
+    experiment = from_settings(s)
+    rank_cfgs = {
+        name: RankConfig.from_settings(vs, name)
+        for name, vs in variant_settings(s, experiment).items()
+    }
+    visual = any(cfg.ranker != "hybrid" for cfg in rank_cfgs.values())
     parts = rt.partitions
 
     def stored_state(user_id: str) -> bytes | None:
         return tables.users.data.get(user_id.encode())
 
-    async def candidates_for(states: Mapping[str, UserState], ctx) -> dict[str, Candidates] | None:
-        """The visual ranker's nearest neighbours per user, from the store thread."""
-        if rank_cfg.ranker == "hybrid":
+    async def candidates_for(
+        states: Mapping[str, UserState], ranking: Ranking
+    ) -> dict[str, dict[str, Candidates]] | None:
+        """The visual ranker's nearest neighbours, variant -> user, from the store thread."""
+        if not visual:
             return None
-        queries = visual_queries(states, ctx)
-        limit = 2 * rank_cfg.k
+        queries = {
+            ctx.config.variant: (visual_queries({u: states[u] for u in users}, ctx), ctx)
+            for ctx, users in ranking.groups(states)
+            if ctx.config.ranker != "hybrid"
+        }
 
-        def search_all() -> dict[str, Candidates]:
+        def search_all() -> dict[str, dict[str, Candidates]]:
             return {
-                u: [
-                    (h.item_id, h.vector)
-                    for h in rt.store.search(unit, limit, exclude=exclude, with_vectors=True)
-                ]
-                for u, (unit, exclude) in queries.items()
+                variant: {
+                    u: [
+                        (h.item_id, h.vector)
+                        for h in rt.store.search(
+                            unit, 2 * ctx.config.k, exclude=exclude, with_vectors=True
+                        )
+                    ]
+                    for u, (unit, exclude) in found.items()
+                }
+                for variant, (found, ctx) in queries.items()
             }
 
         return await rt.in_store(search_all) if queries else {}
@@ -161,11 +180,14 @@ def register(
         by_offset = {ev.message.offset: ev.message for ev in events}
         for reason, rec in folded.dead:
             await dead.send(reason, rec.value, message=by_offset[rec.offset], stage="users")
+        online = metrics.active()
+        if online is not None and folded.hits:
+            online.observe_hits(folded.hits)
         if not folded.states:
             return
-        ctx = rank_context(part, rt.catalogue, rank_cfg)
-        candidates = await candidates_for(folded.states, ctx)
-        for rec in rank_batch(folded, ctx, model_id=rt.model_id, candidates=candidates):
+        ranking = ranking_for(part, rt.catalogue, rank_cfgs, experiment)
+        candidates = await candidates_for(folded.states, ranking)
+        for rec in rank_batch(folded, ranking, model_id=rt.model_id, candidates=candidates):
             await publish(rec)
         parts.dirty.add(partition)
         # Durable state last: a crash before these lines redelivers the batch. The shared
@@ -186,7 +208,7 @@ def register(
         """Re-rank and publish the users active in the partition's days before the tick's."""
         part = parts.get(partition)
         closing = part.active.closing(partition, part.trending.bucket_of(tick.ts))
-        ctx = rank_context(part, rt.catalogue, rank_cfg)
+        ranking = ranking_for(part, rt.catalogue, rank_cfgs, experiment)
         order = sorted(closing)
         for start in range(0, len(order), s.day_close_slice):
             chunk = order[start : start + s.day_close_slice]
@@ -195,11 +217,13 @@ def register(
                 raw = stored_state(user_id)
                 if raw:
                     states[user_id] = UserState.from_bytes(raw)
-            ranked = rank_states(states, ctx, await candidates_for(states, ctx))
-            for user_id in chunk:
-                if user_id in ranked:
-                    items, strategy = ranked[user_id]
-                    rec = to_record(
+            candidates = await candidates_for(states, ranking) or {}
+            recs = []
+            for ctx, users in ranking.groups(states):
+                variant = ctx.config.variant
+                ranked = rank_states({u: states[u] for u in users}, ctx, candidates.get(variant))
+                recs.extend(
+                    to_record(
                         user_id,
                         items,
                         strategy,
@@ -208,8 +232,16 @@ def register(
                         event_ts=tick.ts,
                         trigger="day_close",
                         as_of=(partition, offset),
+                        variant=variant,
                     )
-                    await publish(rec)
+                    for user_id, (items, strategy) in ranked.items()
+                )
+            for rec in recs:
+                await publish(rec)
+            # each user's state keeps the list just published (the online metrics' reference)
+            shown = remember_lists(states, recs, ranking)
+            await write(tables.users, partition, {u.encode(): states[u].to_bytes() for u in shown})
+            for user_id in chunk:
                 for bucket in closing[user_id]:  # after publishing: a crash re-ranks again
                     part.active.discard(partition, bucket, user_id)
                 await write(

@@ -135,6 +135,7 @@ function renderUser(data) {
   $("#summary").textContent = data.known
     ? `${data.n_events} events · ${data.strategy} recommendations`
     : "unknown user · trending recommendations";
+  if (data.variant) $("#summary").textContent += ` · variant ${data.variant}`;
   userVersion += 1;
   document.body.setAttribute("data-version", String(userVersion));
   document.body.setAttribute("data-rendered-at", String(performance.now()));

@@ -28,6 +28,8 @@ from pydantic import ValidationError
 
 from streams.deadletters import describe
 from streams.events import ProductUpload
+from streams.experiment import from_settings as experiment_from_settings
+from streams.experiment import variant_settings
 from streams.ranking import Scored, Trending, top_trending
 from streams.ranking.copurchase import CoPurchase
 from streams.recommend import RankConfig, RankContext, rank_one
@@ -216,6 +218,11 @@ class WebService:
         self.settings = vrec.runtime.settings
         self.tables = vrec.tables
         self.topics = vrec.topics
+        self.experiment = experiment_from_settings(self.settings)
+        self.rank_configs = {
+            name: RankConfig.from_settings(vs, name)
+            for name, vs in variant_settings(self.settings, self.experiment).items()
+        }
 
     # -- health ----------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
@@ -268,12 +275,13 @@ class WebService:
         raw = self.tables.users.get(key)
         state = UserState.from_bytes(raw) if raw else None
         trending = self.trending(partition)
+        variant = self.experiment.assign(user_id) if self.experiment is not None else ""
         ranked: list[Scored]
         if state is not None:
             parts = self.rt.partitions
             copurchase = parts.get(partition).copurchase if parts.loaded else CoPurchase()
             ctx = RankContext(
-                RankConfig.from_settings(s),
+                self.rank_configs[variant],
                 trending=trending,
                 copurchase=copurchase,
                 catalogue=self.rt.catalogue,
@@ -308,6 +316,7 @@ class WebService:
             "known": state is not None,
             "n_events": 0 if state is None else state.n_events,
             "strategy": strategy,
+            "variant": variant or None,
             "model_id": self.rt.model_id,
             "partition": partition,
             "computed_at": time.time(),

@@ -18,7 +18,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from state_canon import canon
 
-from streams.userstate import KINDS, DecayConfig, HistoryEntry, ItemStat, UserState
+from streams.userstate import (
+    KINDS,
+    STRATEGIES,
+    TRIGGERS,
+    DecayConfig,
+    HistoryEntry,
+    ItemStat,
+    LastList,
+    UserState,
+)
 
 MAX_EXAMPLES = 300  # the round trips
 MAX_BROKEN = 150  # truncated, extended and corrupted payloads
@@ -133,6 +142,18 @@ def states(draw, max_items: int = 25, max_history: int = 60, max_partitions: int
             max_size=max_partitions,
         )
     )
+    last_list = draw(
+        st.one_of(
+            st.none(),
+            st.builds(
+                LastList,
+                st.text(max_size=10).filter(lambda v: len(v.encode()) <= 32),
+                st.sampled_from(TRIGGERS),
+                st.sampled_from(STRATEGIES),
+                st.lists(st.integers(0, 2**32 - 1), max_size=255).map(tuple),
+            ),
+        )
+    )
     return UserState(
         user_id=draw(user_ids),
         wsum=draw(floats),
@@ -143,6 +164,7 @@ def states(draw, max_items: int = 25, max_history: int = 60, max_partitions: int
         history=history,
         offsets=offsets,
         sources=sources,
+        last_list=last_list,
     )
 
 
@@ -249,7 +271,7 @@ def test_trailing_bytes_are_refused(state: UserState, extra: bytes):
 
 def test_wrong_version_is_refused():
     raw = bytearray(UserState("u").to_bytes())
-    for version in (0, 1, 2, 4, 255):
+    for version in (0, 1, 2, 3, 5, 255):
         raw[0] = version
         with pytest.raises(ValueError, match="version"):
             UserState.from_bytes(bytes(raw))
