@@ -247,9 +247,12 @@ def _csv_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[SourceRow
     try:
         reader = csv.DictReader(f, delimiter=delimiter)
         header = list(reader.fieldnames or [])
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
         f.close()
-        raise CatalogueError(f"{path}: unreadable header: {exc}") from None
+        raise CatalogueError(f"{path}: not UTF-8 ({exc.reason})") from None
+    except csv.Error as exc:
+        f.close()
+        raise CatalogueError(f"{path}: unreadable CSV header: {exc}") from None
 
     def rows() -> Iterator[SourceRow]:
         with f:
