@@ -406,7 +406,9 @@ def _classify_label(args: argparse.Namespace) -> int:
         group_name=args.group or "item",
     )
     m.pop("_model")
-    m["skipped"] = skipped
+    m["skipped"] = skipped  # rows not trained on, by reason
+    metrics_path = Path(m["onnx"]).with_name(Path(m["onnx"]).stem + ".metrics.json")
+    metrics_path.write_text(json.dumps(m, indent=2) + "\n")
     print(
         f"{args.label}: {m['model_id']} -> {m['onnx']} fills {m['field']!r} "
         f"(split by {m['group']}; onnx vs torch max |diff| {m['onnx_max_abs_diff']:.2e})",
