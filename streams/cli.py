@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_passthrough("streams.eval.cli"))
 
+    p = sub.add_parser(
+        "report", help="online quality per variant (worker counters or topics)", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_passthrough("streams.eval.report"))
+
     p = sub.add_parser("demo", help="broker + worker + sample catalogue + replay, then show recs")
     p.add_argument("--items", type=Path, help=f"default: {SAMPLE / 'items.csv'}")
     p.add_argument("--log", type=Path, help=f"default: {SAMPLE / 'events.jsonl'}")
@@ -166,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-PASSTHROUGH = ("broker", "bench", "train", "eval", "catalogue")  # their own parsers read the rest
+PASSTHROUGH = (
+    "broker",
+    "bench",
+    "train",
+    "eval",
+    "catalogue",
+    "report",
+)  # their own parsers read the rest
 # commands with their own SIGTERM handling: Faust's worker, the foreground broker
 OWN_SIGNALS = ("worker", "broker")
 

@@ -12,13 +12,13 @@ import time
 from collections import defaultdict
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from test_pipeline import catalogue
 from test_web import Http, wait_for
 
 from streams.broker import find_free_port
 from streams.eval.online import score_events
+from streams.eval.report import counter_table, markdown, parse_counters
 from streams.experiment import Experiment
 from streams.harness import Pipeline
 from streams.settings import Settings, isolated_run
@@ -38,17 +38,7 @@ def scrape(client: Http) -> dict[tuple, dict[str, float]]:
     """(variant, trigger, strategy, kind) -> events, hits at k, rr sum of the worker."""
     status, _, body = client.request("GET", "/metrics")
     assert status == 200
-    out: dict[tuple, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            if not s.name.startswith("vrec_online_") or not s.name.endswith("_total"):
-                continue
-            key = tuple(s.labels[k] for k in ("variant", "trigger", "strategy", "kind"))
-            name = s.name.removeprefix("vrec_online_").removesuffix("_total")
-            if name == "hits":
-                name = f"hits@{s.labels['at']}"
-            out[key][name] += s.value
-    return out
+    return parse_counters(body.decode())
 
 
 def test_online_counters_equal_the_recount_per_variant(kafka_broker, tmp_path, sample):
@@ -95,6 +85,15 @@ def test_online_counters_equal_the_recount_per_variant(kafka_broker, tmp_path, s
     assert {k[1] for k in recount} == {"event", "day_close"}, "day-close lists are scored too"
     assert sum(c["hits@k"] for c in recount.values()) > 0
     assert set(counters) == set(recount)
+    table = counter_table(counters, ["variant"])  # what `vrec report --metrics` prints
+    assert [r["variant"] for r in table] == ["A", "B"]
+    assert [r["events"] for r in table] == [
+        sum(c["events"] for k, c in recount.items() if k[0] == v) for v in ("A", "B")
+    ]
+    for r in table:
+        lo, hi = r["hit@k_ci"]
+        assert lo <= r["hit@k"] <= hi and hi - lo > 0
+    print(markdown(table, ["variant"]))
     for key, want in recount.items():
         got = counters[key]
         for name in ("events", "hits@1", "hits@5", "hits@10", "hits@k"):
