@@ -2,7 +2,8 @@
 
 A softmax head (linear, or a one-hidden-layer MLP) maps the 1280-d L2-normalised
 EfficientNet-Lite0 embedding of an article image to ``product_type_name`` or
-``product_group_name``.
+``product_group_name``, or to any catalogue label (``vrec train classify --label COLUMN``); the
+head's ``field`` is the upload label it fills at run time (``category`` or an attribute).
 
 Training side (torch, imported lazily):
 
