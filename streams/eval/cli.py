@@ -214,7 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", help="offline baseline instead of the live pipeline")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--protocol",
+        choices=("batch", "prequential"),
+        default="batch",
+        help="batch: the lists at the cut-off against the truth days; prequential: each truth "
+        "event against the list its user had just before it (streams/eval/prequential.py)",
+    )
     args = ap.parse_args(argv)
+    if args.protocol == "prequential":
+        return _prequential(args)
 
     if args.events:
         history, truth = split_events(args.events, args.cutoff, args.end)
@@ -274,6 +283,42 @@ def main(argv: list[str] | None = None) -> int:
         )
     metrics = evaluate(predictions, truth, warm, k=args.k, catalogue_size=len(products))
     return _write(args, metrics, extra, predictions)
+
+
+def _prequential(args) -> int:
+    """Replay history and truth through the live pipeline; score each truth event."""
+    from streams.eval import prequential
+    from streams.experiment import from_settings
+    from streams.replay import read_hm_events, read_log
+
+    if args.events:
+        events = read_hm_events(args.events)
+        c, e_end = _day_ts(args.cutoff), _day_ts(args.end) + 86_400
+        history = [e for e in events if e.ts < c]
+        truth = [e for e in events if c <= e.ts < e_end]
+    elif args.history and args.truth:
+        history, truth = read_log(args.history)[1], read_log(args.truth)[1]
+    else:
+        raise SystemExit("give --events, or --history and --truth")
+    prices = history_prices(args.events, args.cutoff) if args.events else None
+    products = _catalogue(args.items, args.images, prices)
+    base = _apply_sets(get_settings(), args.set)
+    cache = base.embedding_cache or str(REPO_ROOT / ".cache" / "embeddings.sqlite")
+    settings = isolated_run(base, "eval", top_k=args.k, embedding_cache=cache, variants_shadow=True)
+    if settings.image_root is None:
+        images = args.images or Path(args.items).parent
+        settings = settings.model_copy(update={"image_root": images.resolve()})
+    experiment = from_settings(settings)
+    t0 = time.monotonic()
+    recs, user_events, vectors, timings = prequential.replay_prequential(
+        settings, products, history, truth, progress=not args.no_progress
+    )
+    report = prequential.prequential_report(
+        recs, user_events, vectors, truth, experiment.names if experiment else ["-"], args.k
+    )
+    report.update(timings_s=timings, total_s=round(time.monotonic() - t0, 1))
+    print(prequential.write(report, args.out, args.k))
+    return 0
 
 
 def _write(args, metrics: dict, extra: dict, predictions: dict | None) -> int:
