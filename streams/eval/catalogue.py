@@ -1,10 +1,11 @@
 """``vrec eval catalogue``: what visual similarity gives a shop, without any interactions.
 
-    vrec eval catalogue --items FILE [--map id=...,image=...,title=...,category=...]
+    vrec eval catalogue --items FILE [--map id=...,image=...,title=...,category=... | hm]
                         --label COLUMN [--colour COLUMN] [--group COLUMN] [--json FILE]
                         [--model ONNX] [--text-weight W]
 
-Over one catalogue file (CSV; image paths relative to its folder) it measures:
+The file (CSV / TSV / JSONL / Parquet, image paths relative to its folder) and the column map
+(default: the H&M preset) are read with :mod:`streams.catalogue_import`. It measures:
 
 * ``coverage``: items whose image decoded and embedded / all items;
 * ``precision_at_10``: for every embedded item, the share of its 10 nearest visual neighbours
@@ -25,7 +26,6 @@ The metric functions are pure (ids, vectors, labels) -> numbers and need no Kafk
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -38,81 +38,92 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "HM_MAP",
-    "ROLES",
     "Catalogue",
     "classifier_top1",
+    "column_map",
     "coverage",
     "embedded_mask",
+    "image_vectors",
     "main",
     "nearest_neighbours",
     "neighbour_grid",
-    "parse_map",
     "precision_at_k",
     "read_catalogue",
     "split_holdout",
 ]
 
-#: Roles of ``--map``: catalogue field -> the file's column.
-ROLES = ("id", "image", "title", "category")
-#: The H&M ``items.csv`` mapping (used when ``--map`` is not given).
-HM_MAP = {
-    "id": "article_id",
-    "image": "image_path",
-    "title": "prod_name",
-    "category": "product_type_name",
-}
 K = 10
 
 
 # ------------------------------------------------------------------ input
 
 
-def parse_map(spec: str | None, default: Mapping[str, str] = HM_MAP) -> dict[str, str]:
-    """``"id=sku,image=photo"`` -> ``{"id": "sku", "image": "photo", ...}``; roles not named
-    keep their ``default`` column. Raises ``ValueError`` for unknown roles or bad pairs."""
-    out = dict(default)
-    for pair in (spec or "").split(","):
-        if not pair.strip():
-            continue
-        role, sep, column = (s.strip() for s in pair.partition("="))
-        if not sep or not role or not column:
-            raise ValueError(f"--map: expected role=column, got {pair!r}")
-        if role not in ROLES:
-            raise ValueError(f"--map: unknown role {role!r} (roles: {', '.join(ROLES)})")
-        out[role] = column
-    return out
-
-
 @dataclass(frozen=True)
 class Catalogue:
-    """Rows of a catalogue file: ids, image paths (``None`` when empty) and the raw rows."""
+    """Readable rows of a catalogue file: ids, image paths (``None`` when empty), the rows
+    (values as str) and the column map (:class:`streams.catalogue_import.ColumnMap`)."""
 
     path: Path
     ids: list[str]
     images: list[Path | None]
     rows: list[dict[str, str]]
+    cmap: Any
+
+    def resolve(self, name: str) -> str:
+        """The file column of ``name``: a column itself, or a single-column field / attribute
+        of the map (``category``, ``group``, ``colour``); ``KeyError`` if neither."""
+        if not self.rows or name in self.rows[0]:
+            return name
+        cols = self.cmap.fields.get(name) or (
+            (self.cmap.attributes[name],) if name in self.cmap.attributes else ()
+        )
+        if len(cols) == 1 and cols[0] in self.rows[0]:
+            return cols[0]
+        raise KeyError(f"{self.path}: no column (or mapped field) {name!r}")
 
     def column(self, name: str) -> np.ndarray:
-        """One column as a str array; ``KeyError`` if the file has no such column."""
-        if self.rows and name not in self.rows[0]:
-            raise KeyError(f"{self.path} has no column {name!r}")
-        return np.array([r.get(name) or "" for r in self.rows], dtype=str)
+        """One column (see :meth:`resolve`) as a str array."""
+        col = self.resolve(name)
+        return np.array([r.get(col) or "" for r in self.rows], dtype=str)
+
+    def text(self, field: str) -> list[str]:
+        """A text field of the map (columns joined by ". "), "" where unmapped."""
+        from encoders.text import join_text
+
+        cols = self.cmap.fields.get(field, ())
+        return [join_text([r.get(c) for c in cols]) for r in self.rows]
 
 
-def read_catalogue(path: str | Path, mapping: Mapping[str, str]) -> Catalogue:
-    """Read a CSV catalogue; image paths resolve relative to the file's folder."""
+def column_map(spec: str | None = None, map_file: Path | None = None) -> Any:
+    """The column map of ``--map`` (``field=column,...`` or ``hm``) or ``--map-file``, parsed
+    by :mod:`streams.catalogue_import`; the H&M preset when neither is given."""
+    from streams.catalogue_import import HM_MAP, load_map_file, parse_map
+
+    if spec and map_file:
+        raise ValueError("give --map or --map-file, not both")
+    if map_file:
+        return load_map_file(map_file)
+    return parse_map(spec) if spec else HM_MAP
+
+
+def read_catalogue(path: str | Path, cmap: Any) -> Catalogue:
+    """Read a CSV / TSV / JSONL / Parquet catalogue (:func:`streams.catalogue_import.read_rows`);
+    image paths resolve relative to the file's folder. Unreadable rows are left out."""
+    from streams.catalogue_import import read_rows
+
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = set(reader.fieldnames or ())
-        rows = [dict(r) for r in reader]
-    for role in ("id", "image"):
-        if mapping[role] not in columns:
-            raise KeyError(f"{path}: --map {role}={mapping[role]}: no such column")
+    _, source = read_rows(path)
+    rows = [
+        {str(k): "" if v is None else str(v) for k, v in r.values.items()}
+        for r in source
+        if r.values is not None
+    ]
+    id_col, image_col = cmap.fields["id"][0], cmap.fields.get("image", ("",))[0]
+    if rows and (id_col not in rows[0] or image_col not in rows[0]):
+        raise KeyError(f"{path}: the map's id={id_col} / image={image_col} columns are missing")
     root = path.resolve().parent
-    images = [root / r[mapping["image"]] if r.get(mapping["image"]) else None for r in rows]
-    return Catalogue(path, [r[mapping["id"]] for r in rows], images, rows)
+    images = [root / r[image_col] if r.get(image_col) else None for r in rows]
+    return Catalogue(path, [r[id_col] for r in rows], images, rows, cmap)
 
 
 # ------------------------------------------------------------------ metrics (pure)
@@ -271,16 +282,20 @@ def neighbour_grid(
 # ------------------------------------------------------------------ report
 
 
-def _text_vectors(cat: Catalogue, mapping: Mapping[str, str], cache: Any, model_dir: Path):
+def _text_vectors(cat: Catalogue, cache: Any, model_dir: Path) -> tuple[np.ndarray, str]:
     from encoders.multimodal import catalogue_text_embeddings
     from encoders.text import TextEncoder, ensure_text_model, upload_text
 
-    texts = [upload_text(r.get(mapping["title"]), r.get(mapping["category"])) for r in cat.rows]
+    texts = [upload_text(t, c) for t, c in zip(cat.text("title"), cat.text("category"))]
     enc = TextEncoder(ensure_text_model(model_dir))
     return catalogue_text_embeddings(texts, enc, cache), enc.model_id
 
 
-def _image_vectors(cat: Catalogue, model: str | None, cache: Any, progress: bool):
+def image_vectors(
+    cat: Catalogue, model: str | Path | None, cache: Any, progress: bool = False
+) -> tuple[np.ndarray, str]:
+    """(N, dim) unit image vectors (zero rows: no image / not decodable) and the model id;
+    ``model``: an .onnx file or training folder, default VREC_ENCODER_MODEL or the export."""
     from encoders import ImageEncoder, ensure_model
     from encoders.cache import embed_catalogue
     from encoders.image import model_file
@@ -402,12 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     from streams.settings import get_settings
 
     ap = argparse.ArgumentParser(prog="vrec eval catalogue", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=Path, required=True, help="catalogue CSV")
-    ap.add_argument("--map", default=None, help="role=column,...; roles " + ", ".join(ROLES))
-    ap.add_argument("--label", required=True, help="column the neighbours should share")
+    ap.add_argument("--items", type=Path, required=True, help="catalogue CSV/JSONL/Parquet")
+    ap.add_argument("--map", default=None, help="field=column,... or hm (default: hm)")
+    ap.add_argument("--map-file", type=Path, default=None, help="the column map as JSON")
+    ap.add_argument("--label", required=True, help="column (or mapped field) to share")
     ap.add_argument("--colour", default=None, help="colour column (label + colour precision)")
-    ap.add_argument("--group", default=None, help="group column (e.g. product_code): its "
-                    "items are not each other's neighbours; classifier split by group")  # fmt: skip
+    ap.add_argument("--group", default=None, help="group column (default: the map's group; "
+                    "'' for none): a group's items are not each other's neighbours, and the "
+                    "classifier is split by group")  # fmt: skip
     ap.add_argument("--json", type=Path, default=Path("catalogue_report.json"))
     ap.add_argument("--model", default=None, help="image encoder .onnx or training folder")
     ap.add_argument("--cache", type=Path, default=None, help="embedding cache sqlite file")
@@ -425,17 +442,20 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     s = get_settings()
-    mapping = parse_map(args.map)
-    cat = read_catalogue(args.items, mapping)
+    cat = read_catalogue(args.items, column_map(args.map, args.map_file))
+    group = args.group
+    if group is None and "group" in cat.cmap.fields and cat.rows:
+        group = "group" if cat.cmap.fields["group"][0] in cat.rows[0] else None
+    group = group or None
     cache_path = args.cache or (Path(s.embedding_cache) if s.embedding_cache else None)
     w = s.text_weight if args.text_weight is None else float(args.text_weight)
     with EmbeddingCache(cache_path) as cache:
-        vectors, model_id = _image_vectors(cat, args.model, cache, not args.no_progress)
+        vectors, model_id = image_vectors(cat, args.model, cache, not args.no_progress)
         text = None
         if w > 0:
-            text, text_id = _text_vectors(cat, mapping, cache, s.model_dir)
+            text, text_id = _text_vectors(cat, cache, s.model_dir)
     report, nb = catalogue_report(
-        cat, vectors, args.label, args.colour, args.group, text, w,
+        cat, vectors, args.label, args.colour, group, text, w,
         classify=not args.no_classifier, seed=args.seed,
     )  # fmt: skip
     out = args.json
@@ -451,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update(
         catalogue=_rel(cat.path, base),
         model_id=model_id,
-        mapping=mapping,
+        column_map=cat.cmap.describe(),
         text_model_id=text_id if text is not None else None,
         grid=_rel(grid_path, base),
         examples=[
