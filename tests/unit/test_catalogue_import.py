@@ -24,6 +24,7 @@ from streams.catalogue_import import (
     refusal_letter,
     row_to_product,
     summary,
+    supports_image_url,
     validate_rows,
 )
 from streams.events import DeadLetter, ProductUpload
@@ -276,3 +277,21 @@ def test_cli_dry_run(capsys) -> None:
         assert f"catalogue.csv:{line}: {reason}" in err
     assert main(["import", str(SHOP / "catalogue.csv"), "--map", "id=sku"]) == 2
     assert "image=COLUMN" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not supports_image_url(), reason="ProductUpload has no image_url yet")
+def test_image_url_column() -> None:
+    cmap = parse_map("id=sku,image=photo,image_url=url")
+    p = row_to_product({"sku": "a", "url": " https://shop.example/a.jpg "}, cmap, SHOP, now=0)
+    assert p.image_url == "https://shop.example/a.jpg" and p.image_path is None
+    # a file path wins over the URL: one image source per upload
+    q = row_to_product(
+        {"sku": "b", "photo": "photos/OS-0001.jpg", "url": "https://x.example/b.jpg"},
+        cmap,
+        SHOP,
+        now=0,
+    )
+    assert q.image_path == str(SHOP / "photos" / "OS-0001.jpg") and q.image_url is None
+    with pytest.raises(RowError) as err:
+        row_to_product({"sku": "c", "url": "ftp://x.example/c.jpg"}, cmap, SHOP, now=0)
+    assert err.value.reason == "bad image_url"
