@@ -22,6 +22,9 @@ fine-tunes the encoder's last blocks against adversarial and realistic perturbat
 
 ``vrec train multimodal [--parts classify,neighbours,eval] [--weights W,...] ...`` measures what
 the text embedding adds to the image embedding (see :mod:`encoders.multimodal`).
+
+``vrec train similarity --label COLUMN --colour COLUMN [--group COLUMN]`` trains a colour-aware
+projection head on the frozen encoder and exports base + head (see :mod:`encoders.similarity`).
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     from . import multimodal
 
     multimodal.add_args(sub.add_parser("multimodal", help="image + text fusion: measurements"))
+    from . import similarity
+
+    similarity.add_args(sub.add_parser("similarity", help="colour-aware projection head"))
     return ap
 
 
@@ -101,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         from .multimodal import run_cli as run_multimodal_cli
 
         return run_multimodal_cli(args)
+    if args.command == "similarity":
+        from .similarity import run_cli as run_similarity_cli
+
+        return run_similarity_cli(args)
     return 2  # pragma: no cover - argparse rejects anything else
 
 
