@@ -55,10 +55,6 @@ FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
 MAX_ID_CHARS = 128
 
 
-def supports_image_url() -> bool:
-    """Whether this version's ProductUpload carries an ``image_url``."""
-    return "image_url" in ProductUpload.model_fields
-
 
 # ------------------------------------------------------------------ the column map
 
@@ -151,11 +147,6 @@ def map_from_dict(doc: dict[str, Any], name: str = "custom") -> ColumnMap:
         raise ValueError("the column map needs id=COLUMN")
     if "image" not in fields and "image_url" not in fields:
         raise ValueError("the column map needs image=COLUMN (a path) or image_url=COLUMN")
-    if "image_url" in fields and not supports_image_url():
-        raise ValueError(
-            "image_url is not supported by this version (ProductUpload has no image_url): "
-            "map image=COLUMN with image paths"
-        )
     return ColumnMap(fields=fields, attributes=attributes, name=name)
 
 

@@ -24,7 +24,6 @@ from streams.catalogue_import import (
     refusal_letter,
     row_to_product,
     summary,
-    supports_image_url,
     validate_rows,
 )
 from streams.events import DeadLetter, ProductUpload
@@ -279,7 +278,6 @@ def test_cli_dry_run(capsys) -> None:
     assert "image=COLUMN" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not supports_image_url(), reason="ProductUpload has no image_url yet")
 def test_image_url_column() -> None:
     cmap = parse_map("id=sku,image=photo,image_url=url")
     p = row_to_product({"sku": "a", "url": " https://shop.example/a.jpg "}, cmap, SHOP, now=0)
