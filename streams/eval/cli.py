@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.eval.metrics import by_variant
+from streams.experiment import from_settings
 from streams.settings import REPO_ROOT, Settings, get_settings, isolated_run
 
 METRICS = ("map", "hr", "recall", "ndcg")
@@ -106,7 +108,11 @@ def _apply_sets(settings: Settings, pairs: list[str]) -> Settings:
 def live_predictions(settings: Settings, products, history, progress: bool = True):
     """Run the pipeline; return (last list per user, trending list, latencies s, timings)."""
     from streams.events import Recommendation
+    from streams.experiment import from_settings
     from streams.harness import Pipeline, local_broker
+
+    experiment = from_settings(settings)
+    own = experiment.assign if experiment is not None else None
 
     timings = {}
     with local_broker(settings), Pipeline(settings) as pipe:
@@ -126,7 +132,8 @@ def live_predictions(settings: Settings, products, history, progress: bool = Tru
         latencies = []
         for r in pipe.recommendation_records(idle=3.0):
             rec = Recommendation.from_bytes(r.value)
-            last[rec.user_id] = rec
+            if own is None or (rec.variant or "") == own(rec.user_id):  # shadow: own list
+                last[rec.user_id] = rec
             sent = pipe.sent_at.get(rec.event_id or "")
             if sent is not None:
                 latencies.append(rec.produced_ts - sent)
@@ -163,6 +170,13 @@ def summarise(metrics: dict, extra: dict) -> str:
         f"- customers: {metrics['users']} ({metrics['warm_users']} warm); "
         f"catalogue coverage {metrics.get('coverage', 0):.4f}",
     ]
+    for variant, m in extra.get("variants", {}).items():
+        (lo, hi), (wlo, whi) = m["map_all_ci"], m["map_warm_ci"]
+        lines.append(
+            f"- variant {variant}: {m['users']} customers, MAP@{extra['k']} all "
+            f"{m['map_all']:.4f} [{lo:.4f}, {hi:.4f}], warm ({m['warm_users']}) "
+            f"{m['map_warm']:.4f} [{wlo:.4f}, {whi:.4f}] (95% bootstrap over customers)"
+        )
     if "latency_ms_p50" in extra:
         lines.append(
             f"- event-to-recommendation latency p50 {extra['latency_ms_p50']:.0f} ms, "
@@ -282,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             published_users=len(lists),
         )
     metrics = evaluate(predictions, truth, warm, k=args.k, catalogue_size=len(products))
+    experiment = from_settings(settings)
+    if experiment is not None:  # each customer's list is their own variant's
+        extra["variants"] = by_variant(predictions, truth, warm, experiment.assign, args.k)
     return _write(args, metrics, extra, predictions)
 
 

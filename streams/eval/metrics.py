@@ -119,6 +119,40 @@ def coverage(lists: Iterable[Sequence[Hashable]], catalogue_size: int, k: int = 
     return len(items) / catalogue_size
 
 
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of a mean over independent units (e.g. customers)."""
+    import numpy as np
+
+    if not len(values):
+        return 0.0, 0.0
+    arr = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(arr), size=(n_boot, len(arr)))
+    lo, hi = np.percentile(arr[idx].mean(axis=1), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def by_variant(
+    predictions: Mapping[Hashable, Sequence[Hashable]],
+    truth: Mapping[Hashable, Collection[Hashable]],
+    warm_users: Collection[Hashable],
+    assign,  # user -> variant name
+    k: int = 12,
+) -> dict[str, dict[str, float | int | tuple[float, float]]]:
+    """:func:`evaluate` per experiment variant of the truth users, with bootstrap intervals of
+    MAP@k for all and for warm customers."""
+    groups: dict[str, dict] = {}
+    for user, items in truth.items():
+        groups.setdefault(assign(user), {})[user] = items
+    out = {}
+    for variant, sub in sorted(groups.items()):
+        m: dict = dict(evaluate(predictions, sub, warm_users, k=k))
+        apks = {u: apk(items, predictions.get(u, ()), k) for u, items in sub.items()}
+        m["map_all_ci"] = bootstrap_ci(list(apks.values()))
+        m["map_warm_ci"] = bootstrap_ci([v for u, v in apks.items() if u in warm_users])
+        out[variant] = m
+    return out
+
+
 def evaluate(
     predictions: Mapping[Hashable, Sequence[Hashable]],
     truth: Mapping[Hashable, Collection[Hashable]],

@@ -79,3 +79,18 @@ def test_shadow_lists_are_paired_by_event():
     assert report["variants"]["A"]["events_scored"] == 2  # e2 and e3, both hits
     assert report["variants"]["A"]["hit@12"] == 1.0 and report["variants"]["B"]["hit@12"] == 0
     assert report["paired"]["B - A"]["hit"]["diff"] == pytest.approx(-1.0)
+
+
+def test_batch_metrics_per_variant_with_intervals():
+    from streams.eval.metrics import bootstrap_ci, by_variant
+
+    truth = {f"u{n}": {"a"} for n in range(40)}
+    predictions = {f"u{n}": (["a"] if n % 2 == 0 else ["b"]) for n in range(40)}
+    out = by_variant(
+        predictions, truth, {"u0", "u1"}, lambda u: "even" if int(u[1:]) % 2 == 0 else "odd"
+    )
+    assert out["even"]["map_all"] == 1.0 and out["odd"]["map_all"] == 0.0
+    assert out["even"]["map_all_ci"] == (1.0, 1.0) and out["odd"]["users"] == 20
+    assert out["even"]["warm_users"] == 1
+    lo, hi = bootstrap_ci([0.0, 1.0] * 50)
+    assert lo < 0.5 < hi and hi - lo < 0.25
