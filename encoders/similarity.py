@@ -72,6 +72,7 @@ class SimilarityConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.1
     weak: float = 0.3  # weight of same-label (other colour) positives
+    colour_weak: float = 0.0  # weight of same-colour (other label) positives
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,12 +91,19 @@ def build_head(in_dim: int, cfg: SimilarityConfig) -> torch.nn.Module:
 
 
 def graded_supcon_loss(
-    z: torch.Tensor, label: torch.Tensor, joint: torch.Tensor, weak: float, temperature: float
+    z: torch.Tensor,
+    label: torch.Tensor,
+    joint: torch.Tensor,
+    weak: float,
+    temperature: float,
+    colour: torch.Tensor | None = None,
+    colour_weak: float = 0.0,
 ) -> torch.Tensor:
     """Supervised contrastive loss with graded positives (see the module docstring).
 
-    ``z`` (B, d) raw head outputs; ``label`` / ``joint`` (B,) int class ids of the label and of
-    label + colour. Rows without any positive in the batch do not count.
+    ``z`` (B, d) raw head outputs; ``label`` / ``joint`` / ``colour`` (B,) int class ids of the
+    label, of label + colour and of the colour (pairs of the same colour and another label
+    weigh ``colour_weak``). Rows without any positive in the batch do not count.
     """
     import torch
     import torch.nn.functional as F
@@ -107,7 +115,10 @@ def graded_supcon_loss(
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     same_label = label[:, None] == label[None, :]
     same_joint = joint[:, None] == joint[None, :]
-    w = torch.where(same_joint, 1.0, torch.where(same_label, weak, 0.0)).masked_fill(eye, 0.0)
+    other = torch.zeros_like(logits)
+    if colour is not None and colour_weak > 0:
+        other = torch.where(colour[:, None] == colour[None, :], colour_weak, 0.0)
+    w = torch.where(same_joint, 1.0, torch.where(same_label, weak, other)).masked_fill(eye, 0.0)
     total = w.sum(dim=1)
     rows = total > 0
     if not rows.any():
@@ -119,7 +130,7 @@ def graded_supcon_loss(
 def train_head(
     x: np.ndarray,
     labels: Sequence[str] | np.ndarray,
-    joint: Sequence[str] | np.ndarray,
+    colours: Sequence[str] | np.ndarray,
     cfg: SimilarityConfig = SimilarityConfig(),
     progress: bool = False,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
@@ -127,11 +138,15 @@ def train_head(
     per-epoch mean loss)."""
     import torch
 
+    from streams.eval.catalogue import joint_labels
+
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
     lab = torch.as_tensor(np.unique(np.asarray(labels, dtype=str), return_inverse=True)[1])
-    jnt = torch.as_tensor(np.unique(np.asarray(joint, dtype=str), return_inverse=True)[1])
+    col = torch.as_tensor(np.unique(np.asarray(colours, dtype=str), return_inverse=True)[1])
+    joint = joint_labels(np.asarray(labels, dtype=str), np.asarray(colours, dtype=str))
+    jnt = torch.as_tensor(np.unique(joint, return_inverse=True)[1])
     head = build_head(xt.shape[1], cfg)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, -(-len(xt) // cfg.batch_size))
@@ -143,7 +158,10 @@ def train_head(
         total, batches = 0.0, 0
         for i in range(0, len(xt), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            loss = graded_supcon_loss(head(xt[idx]), lab[idx], jnt[idx], cfg.weak, cfg.temperature)
+            loss = graded_supcon_loss(
+                head(xt[idx]), lab[idx], jnt[idx], cfg.weak, cfg.temperature,
+                col[idx], cfg.colour_weak,
+            )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -247,7 +265,7 @@ def train_similarity(
     ok = embedded_mask(x)
     tr, te = split_holdout(len(x), groups, holdout, cfg.seed)
     tr, te = tr[ok[tr]], te[ok[te]]
-    head, history = train_head(x[tr], labels[tr], joint[tr], cfg, progress)
+    head, history = train_head(x[tr], labels[tr], colours[tr], cfg, progress)
     train_s = time.perf_counter() - t0
 
     def scores(v: np.ndarray) -> dict[str, float]:
@@ -293,6 +311,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--weak", type=float, default=d.weak, help="weight of same-label positives")
+    p.add_argument(
+        "--colour-weak", type=float, default=d.colour_weak, help="weight of same-colour positives"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=None, help="models dir (default: settings)")
     p.add_argument("--cache", type=Path, default=None, help="embedding cache sqlite file")
@@ -329,6 +350,7 @@ def run_cli(args: argparse.Namespace, log: Callable[[str], None] | None = None) 
         lr=args.lr,
         temperature=args.temperature,
         weak=args.weak,
+        colour_weak=args.colour_weak,
         seed=args.seed,
     )
     m = train_similarity(

@@ -224,7 +224,10 @@ def classifier_top1(
     ok = embedded_mask(x)
     x = np.where(ok[:, None], x, 0.0).astype(np.float32)
     g = np.asarray(groups) if groups is not None else np.arange(len(x))
-    m = run_classify(x, np.asarray(labels, dtype=str), g, "label", HeadConfig(seed=seed), min_count)
+    m = run_classify(
+        x, np.asarray(labels, dtype=str), g, "label", HeadConfig(seed=seed), min_count,
+        group_name="group" if groups is not None else "item",
+    )  # fmt: skip
     m.pop("_model", None)
     return {
         "classifier_top1": m["test_top1"],
