@@ -1,0 +1,103 @@
+"""vrec train similarity: the graded contrastive loss, and a tiny end-to-end run on the H&M
+sample whose exported ONNX (base encoder + head) loads in ImageEncoder and matches torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from encoders.similarity import (  # noqa: E402
+    NAME,
+    SimilarityConfig,
+    graded_supcon_loss,
+    head_embeddings,
+    train_head,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_loss_prefers_same_label_and_colour_close() -> None:
+    label = torch.tensor([0, 0, 0, 1])
+    joint = torch.tensor([0, 0, 1, 2])  # rows 0, 1: same label + colour; row 2: other colour
+    good = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0.8, 0.6, 0], [0, 0, 1.0]])
+    swapped = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    args = (label, joint, 0.3, 0.1)
+    assert graded_supcon_loss(good, *args) < graded_supcon_loss(swapped, *args)
+    # weak = 0: the other-colour row is a plain negative, so being close to it costs more
+    assert graded_supcon_loss(good, label, joint, 0.0, 0.1) > 0
+    # no positives at all: zero loss, still differentiable
+    z = torch.randn(3, 4, requires_grad=True)
+    none = graded_supcon_loss(z, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), 0.3, 0.1)
+    none.backward()
+    assert none.item() == 0.0
+
+
+def test_head_learns_colour_on_synthetic_vectors() -> None:
+    """Label in dims 0-3 (strong), colour in dims 4-5 (faint): the head must bring it out."""
+    rng = np.random.default_rng(0)
+    n = 400
+    lab, col = rng.integers(0, 4, n), rng.integers(0, 2, n)
+    x = rng.normal(0, 0.3, (n, 32)).astype(np.float32)
+    x[np.arange(n), lab] += 3.0
+    x[np.arange(n), 4 + col] += 0.6
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels, colours = lab.astype(str), col.astype(str)
+    cfg = SimilarityConfig(dim=8, hidden=32, epochs=40, batch_size=128, weak=0.0, lr=3e-3)
+    head, history = train_head(x, labels, colours, cfg)
+    assert history[-1]["loss"] < history[0]["loss"]
+    from streams.eval.catalogue import joint_labels, nearest_neighbours, precision_at_k
+
+    both = joint_labels(labels, colours)
+    before = precision_at_k(nearest_neighbours(x, 10)[0], both)
+    after = precision_at_k(nearest_neighbours(head_embeddings(head, x), 10)[0], both)
+    assert after > before + 0.2, (before, after)
+
+
+def test_train_similarity_cli_exports_a_loadable_onnx(tmp_path: Path) -> None:
+    from encoders.image import ImageEncoder, model_file
+    from encoders.preprocess import load_image, preprocess
+    from encoders.similarity import build_encoder
+    from encoders.train import main
+
+    out = tmp_path / "models"
+    rc = main(
+        [
+            "similarity", "--items", str(FIXTURES / "hm_sample" / "items.csv"),
+            "--label", "product_type_name", "--colour", "colour_group_name",
+            "--group", "product_code", "--epochs", "2", "--dim", "16", "--hidden", "0",
+            "--batch-size", "64", "--out", str(out), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    folder = out / NAME
+    path = model_file(folder)  # via current.json, as VREC_ENCODER_MODEL=<folder> loads it
+    metrics = json.loads(path.with_name(path.stem + ".metrics.json").read_text())
+    assert metrics["onnx_max_abs_diff_images"] <= 1e-4 and metrics["parity_images"] > 0
+    assert set(metrics["heldout_finetuned"]) == {"precision_at_10", "precision_at_10_label_colour"}
+    enc = ImageEncoder(path, device="cpu")
+    assert enc.model_id == metrics["model_id"] == f"{NAME}-{path.stem}"
+    assert enc.dim == 16 and enc.input_size == 224
+    heldout = Path(metrics["heldout_items"])
+    assert heldout.is_file() and len(heldout.read_text().splitlines()) == metrics["n_heldout"] + 1
+    # the ONNX graph is base + head: rebuild it in torch from the head's weights and compare
+    images = sorted((FIXTURES / "hm_sample" / "images").glob("*.jpg"))[:3]
+    pixels = preprocess([load_image(p) for p in images], 224)
+    head = torch.nn.Sequential(torch.nn.Linear(1280, 16))
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    w = next(v for v in weights.values() if v.shape in ((16, 1280), (1280, 16)))
+    b = next(v for v in weights.values() if v.shape == (16,))
+    with torch.no_grad():
+        head[0].weight.copy_(torch.from_numpy(np.array(w if w.shape == (16, 1280) else w.T)))
+        head[0].bias.copy_(torch.from_numpy(np.array(b)))
+        ref = build_encoder(head)(torch.from_numpy(pixels)).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.abs(enc.embed(pixels) - ref).max() < 1e-4
