@@ -344,7 +344,7 @@ def catalogue_report(
         "coverage": coverage(vectors),
         "label": label,
         "colour": colour,
-        "group": group,
+        "group": cat.resolve(group) if group else None,
         "k": K,
         "precision_at_10": precision_at_k(nb, labels),
         "random_precision_at_10": _random_precision(labels[ok]),

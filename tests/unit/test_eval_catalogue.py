@@ -116,7 +116,7 @@ def test_cli_on_hm_sample_writes_json_markdown_and_grid(tmp_path: Path) -> None:
     for key in ("precision_at_10", "precision_at_10_label_colour", "classifier_top1", "items"):
         assert isinstance(report[key], (int, float)), key
     assert report["items"] == 200 and report["coverage"] == 1.0
-    assert report["group"] == "group"  # the H&M map's product_code
+    assert report["group"] == "product_code"  # the H&M map's group
     assert report["precision_at_10"] > report["random_precision_at_10"] * 2
     assert report["precision_at_10_label_colour"] <= report["precision_at_10"]
     assert 0 < report["classifier_top1"] <= 1

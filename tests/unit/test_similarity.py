@@ -101,3 +101,14 @@ def test_train_similarity_cli_exports_a_loadable_onnx(tmp_path: Path) -> None:
         ref = build_encoder(head)(torch.from_numpy(pixels)).numpy()
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     assert np.abs(enc.embed(pixels) - ref).max() < 1e-4
+
+    # a worker loads it with VREC_ENCODER_MODEL=<folder> and sizes its store to the head's dim
+    from streams.runtime import Runtime
+    from streams.settings import Settings
+
+    rt = Runtime(Settings(encoder_model=str(folder), store="qdrant-memory", data_dir=tmp_path))
+    rt.open()
+    try:
+        assert rt.model_id == metrics["model_id"] and rt.encoder.dim == 16
+    finally:
+        rt.close()
