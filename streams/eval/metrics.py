@@ -125,9 +125,11 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> 
 
     if not len(values):
         return 0.0, 0.0
+    from streams.eval.online import resamples
+
     arr = np.asarray(values, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(arr), size=(n_boot, len(arr)))
-    lo, hi = np.percentile(arr[idx].mean(axis=1), [2.5, 97.5])
+    means = np.concatenate([arr[idx].mean(axis=1) for idx in resamples(len(arr), n_boot, seed)])
+    lo, hi = np.percentile(means, [2.5, 97.5])
     return float(lo), float(hi)
 
 

@@ -89,17 +89,21 @@ def score_events(
     for recs in lists.values():
         recs.sort(key=lambda r: r.as_of_offset)  # stable: topic order within one as-of point
     out: list[ScoredEvent] = []
-    shown: dict[tuple[str, str], object] = {}  # (user, variant) -> newest list
+    shown: dict[str, dict[str, object]] = defaultdict(dict)  # user -> variant -> newest list
     pos: dict[int, int] = defaultdict(int)
     for p, offset, e in _interactions(user_events, known):
         recs = lists.get(p, [])
         while pos[p] < len(recs) and recs[pos[p]].as_of_offset < offset:
             rec = recs[pos[p]]
-            shown[(rec.user_id, rec.variant or "-")] = rec
+            shown[rec.user_id][rec.variant or "-"] = rec
             pos[p] += 1
         user = e["user_id"]
-        variants = [own(user) or "-"] if own is not None else None
-        for (_, variant), rec in _lists_of(shown, user, variants):
+        mine = shown.get(user, {})
+        variants = [own(user) or "-"] if own is not None else sorted(mine)
+        for variant in variants:
+            rec = mine.get(variant)
+            if rec is None:
+                continue
             ids = [i.item_id for i in rec.items]
             rank = ids.index(e["item_id"]) + 1 if e["item_id"] in ids else 0
             out.append(
@@ -116,12 +120,6 @@ def score_events(
                 )
             )
     return out
-
-
-def _lists_of(shown: Mapping, user: str, variants: Sequence[str] | None):
-    if variants is not None:
-        return [((user, v), shown[(user, v)]) for v in variants if (user, v) in shown]
-    return sorted(((key, rec) for key, rec in shown.items() if key[0] == user), key=lambda x: x[0])
 
 
 # ------------------------------------------------------------------ intervals
@@ -197,9 +195,12 @@ def paired_difference(
         return {"events": 0, "users": 0, "diff": 0.0, "ci": (0.0, 0.0)}
     sums = np.array([sum(by_user[u]) for u in users])
     counts = np.array([len(by_user[u]) for u in users])
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(users), size=(n_boot, len(users)))
-    boot = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    boot = np.concatenate(
+        [
+            sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+            for idx in resamples(len(users), n_boot, seed)
+        ]
+    )
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {
         "events": int(counts.sum()),
@@ -207,6 +208,14 @@ def paired_difference(
         "diff": float(sums.sum() / counts.sum()),
         "ci": (float(lo), float(hi)),
     }
+
+
+def resamples(n: int, n_boot: int, seed: int = 0, chunk: int = 100):
+    """Bootstrap index arrays (rows of ``n`` draws with replacement), ``chunk`` rows at a time
+    so memory stays ~chunk * n."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, chunk):
+        yield rng.integers(0, n, size=(min(chunk, n_boot - start), n))
 
 
 def list_quality(
