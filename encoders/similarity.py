@@ -51,7 +51,10 @@ __all__ = [
     "build_head",
     "export_similarity_model",
     "graded_supcon_loss",
+    "catalogue_colour_grids",
+    "colour_grid",
     "head_embeddings",
+    "head_input",
     "image_parity",
     "run_cli",
     "train_head",
@@ -60,34 +63,61 @@ __all__ = [
 
 NAME = "similarity-efficientnet_lite0"
 PARITY_TOL = 1e-4
+#: The optional colour branch: the preprocessed pixels averaged over a GRID x GRID grid of
+#: blocks (3 * GRID^2 values in [-1, 1]) times SCALE (norm <= 1, like the unit base vector),
+#: concatenated to the base vector before the head. Cached like embeddings under COLOUR_ID.
+COLOUR_GRID = 8
+COLOUR_DIM = 3 * COLOUR_GRID * COLOUR_GRID
+COLOUR_SCALE = float(COLOUR_DIM**-0.5)
+COLOUR_ID = f"colour-grid{COLOUR_GRID}-v1"
 
 
 @dataclass(frozen=True)
 class SimilarityConfig:
     dim: int = 256  # output embedding size
-    hidden: int = 1024  # 0: a linear head
-    epochs: int = 30
+    hidden: int = 512  # 0: a linear head
+    epochs: int = 10
     batch_size: int = 1024
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1
-    weak: float = 0.3  # weight of same-label (other colour) positives
+    weak: float = 0.0  # weight of same-label (other colour) positives
     colour_weak: float = 0.0  # weight of same-colour (other label) positives
+    per_class: int = 0  # > 0: batches of batch_size / per_class label+colour classes x per_class
+    colour_grid: bool = True  # add the pixel colour-grid branch (COLOUR_GRID) to the head input
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def build_head(in_dim: int, cfg: SimilarityConfig) -> torch.nn.Module:
-    """Linear, or Linear-ReLU-Linear, from ``in_dim`` to ``cfg.dim``."""
+def build_head(
+    in_dim: int,
+    cfg: SimilarityConfig,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+) -> torch.nn.Module:
+    """Standardise (``(x - mean) / std``, the training rows' statistics; identity if not
+    given), then Linear, or Linear-ReLU-Linear, from ``in_dim`` to ``cfg.dim``."""
+    import torch
     from torch import nn
 
+    class Standardise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            m = np.zeros(in_dim, np.float32) if mean is None else mean
+            sd = np.ones(in_dim, np.float32) if std is None else std
+            self.register_buffer("mean", torch.as_tensor(m, dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(sd, dtype=torch.float32))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - self.mean) / self.std
+
     if cfg.hidden > 0:
-        return nn.Sequential(
-            nn.Linear(in_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim)
-        )
-    return nn.Sequential(nn.Linear(in_dim, cfg.dim))
+        layers = [nn.Linear(in_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim)]
+    else:
+        layers = [nn.Linear(in_dim, cfg.dim)]
+    return nn.Sequential(Standardise(), *layers)
 
 
 def graded_supcon_loss(
@@ -147,17 +177,15 @@ def train_head(
     col = torch.as_tensor(np.unique(np.asarray(colours, dtype=str), return_inverse=True)[1])
     joint = joint_labels(np.asarray(labels, dtype=str), np.asarray(colours, dtype=str))
     jnt = torch.as_tensor(np.unique(joint, return_inverse=True)[1])
-    head = build_head(xt.shape[1], cfg)
+    head = build_head(xt.shape[1], cfg, x.mean(axis=0), x.std(axis=0) + 1e-6)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, -(-len(xt) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     history: list[dict[str, float]] = []
     head.train()
     for epoch in range(1, cfg.epochs + 1):
-        perm = torch.randperm(len(xt), generator=gen)
         total, batches = 0.0, 0
-        for i in range(0, len(xt), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
+        for idx in _batches(jnt, cfg, gen):
             loss = graded_supcon_loss(
                 head(xt[idx]), lab[idx], jnt[idx], cfg.weak, cfg.temperature,
                 col[idx], cfg.colour_weak,
@@ -172,6 +200,33 @@ def train_head(
             print(f"epoch {epoch}/{cfg.epochs} loss {total / max(batches, 1):.4f}", file=sys.stderr)
     head.eval()
     return head, history
+
+
+def _batches(joint: torch.Tensor, cfg: SimilarityConfig, gen: torch.Generator) -> list[Any]:
+    """One epoch of row-index batches: a shuffle, or (``per_class``) class-balanced batches of
+    ``batch_size // per_class`` label+colour classes (of two rows or more, drawn in proportion
+    to the square root of their size) with ``per_class`` rows each (drawn with replacement), so
+    that every row has same label + colour positives in the batch."""
+    import torch
+
+    n = len(joint)
+    if cfg.per_class <= 0:
+        perm = torch.randperm(n, generator=gen)
+        return [perm[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+    classes, inverse = torch.unique(joint, return_inverse=True)
+    order = torch.argsort(inverse)
+    counts = torch.bincount(inverse, minlength=len(classes))
+    starts = torch.cumsum(counts, 0) - counts
+    n_cls = max(1, cfg.batch_size // cfg.per_class)
+    weight = counts.double().sqrt() * (counts > 1)  # classes with a positive, sqrt-balanced
+    if weight.sum() == 0:
+        weight = torch.ones(len(classes), dtype=torch.double)
+    out = []
+    for _ in range(max(1, -(-n // cfg.batch_size))):
+        pick = torch.multinomial(weight, n_cls, replacement=True, generator=gen)
+        offs = (torch.rand(n_cls, cfg.per_class, generator=gen) * counts[pick, None]).long()
+        out.append(order[(starts[pick, None] + offs).reshape(-1)])
+    return out
 
 
 def head_embeddings(head: torch.nn.Module, x: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -190,12 +245,70 @@ def head_embeddings(head: torch.nn.Module, x: np.ndarray, batch: int = 8192) -> 
     return np.where(ok[:, None], l2_normalise(z), 0.0).astype(np.float32)
 
 
-def build_encoder(head: torch.nn.Module, base: torch.nn.Module | None = None) -> torch.nn.Module:
-    """``pixels -> head(normalise(base(pixels)))`` in eval mode (base: EfficientNet-Lite0)."""
+def colour_grid(pixels: np.ndarray) -> np.ndarray:
+    """(N, 3, S, S) preprocessed pixels -> (N, COLOUR_DIM) block means times COLOUR_SCALE (the
+    graph's ``avg_pool2d(pixels, S // GRID)``; S must be a multiple of GRID)."""
+    n, c, h, w = pixels.shape
+    g, b = COLOUR_GRID, h // COLOUR_GRID
+    blocks = np.asarray(pixels, np.float32).reshape(n, c, g, b, g, w // g).mean(axis=(3, 5))
+    return (blocks.reshape(n, c * g * g) * COLOUR_SCALE).astype(np.float32)
+
+
+def catalogue_colour_grids(
+    paths: Sequence[Path | None], cache: Any, workers: int = 2, chunk: int = 256
+) -> np.ndarray:
+    """:func:`colour_grid` of each image (zero rows: missing / undecodable), cached in the
+    embedding cache under :data:`COLOUR_ID` by image sha256."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .cache import sha256_file
+    from .preprocess import ImageError, load_image, preprocess
+
+    def digest(p: Path | None) -> str | None:
+        try:
+            return sha256_file(p) if p is not None else None
+        except OSError:
+            return None
+
+    def one(p: Path) -> np.ndarray | None:
+        try:
+            return colour_grid(preprocess([load_image(p)], INPUT_SIZE))[0]
+        except (ImageError, OSError):
+            return None
+
+    hashes = [digest(p) for p in paths]
+    known = cache.get_many(COLOUR_ID, {h for h in hashes if h})
+    todo = list({h: p for h, p in zip(hashes, paths) if h and h not in known}.items())
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for i in range(0, len(todo), chunk):
+            part = todo[i : i + chunk]
+            new = {h: v for (h, _), v in zip(part, pool.map(one, [p for _, p in part]))}
+            new = {h: v for h, v in new.items() if v is not None}
+            cache.put_many(COLOUR_ID, new)
+            known.update(new)
+    out = np.zeros((len(paths), COLOUR_DIM), np.float32)
+    for i, h in enumerate(hashes):
+        if h in known:
+            out[i] = known[h]
+    return out
+
+
+def head_input(x: np.ndarray, grids: np.ndarray | None) -> np.ndarray:
+    """The head's input rows: the base vectors, with the colour grids appended if given."""
+    return x if grids is None else np.concatenate([x, grids], axis=1).astype(np.float32)
+
+
+def build_encoder(
+    head: torch.nn.Module, base: torch.nn.Module | None = None, colour: bool = False
+) -> torch.nn.Module:
+    """``pixels -> head(normalise(base(pixels)) [+ colour grid])`` in eval mode (base:
+    EfficientNet-Lite0; ``colour``: append the :func:`colour_grid` branch)."""
     import torch
     import torch.nn.functional as F
 
     from .export import build_torch_model
+
+    block = INPUT_SIZE // COLOUR_GRID
 
     class SimilarityEncoder(torch.nn.Module):
         def __init__(self, base: torch.nn.Module, head: torch.nn.Module) -> None:
@@ -203,7 +316,11 @@ def build_encoder(head: torch.nn.Module, base: torch.nn.Module | None = None) ->
             self.base, self.head = base, head
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            return self.head(F.normalize(self.base(pixels), dim=1, eps=1e-12))
+            f = F.normalize(self.base(pixels), dim=1, eps=1e-12)
+            if colour:
+                g = F.avg_pool2d(pixels, block).flatten(1) * COLOUR_SCALE
+                f = torch.cat([f, g], dim=1)
+            return self.head(f)
 
     return SimilarityEncoder(base if base is not None else build_torch_model(), head).eval()
 
@@ -227,13 +344,16 @@ def image_parity(model: torch.nn.Module, onnx_path: Path, paths: Sequence[Path])
 
 
 def export_similarity_model(
-    head: torch.nn.Module, out_dir: Path, metadata: dict[str, Any] | None = None
+    head: torch.nn.Module,
+    out_dir: Path,
+    metadata: dict[str, Any] | None = None,
+    colour: bool = False,
 ) -> tuple[str, Path, torch.nn.Module, float]:
-    """Export base + head; returns (model id, ONNX path, the torch encoder, random-input
-    parity). The file lands in ``<out_dir>/similarity-efficientnet_lite0/``."""
+    """Export base (+ colour grid) + head; returns (model id, ONNX path, the torch encoder,
+    random-input parity). The file lands in ``<out_dir>/similarity-efficientnet_lite0/``."""
     from .distill import export_embedding_model
 
-    model = build_encoder(head)
+    model = build_encoder(head, colour=colour)
     model_id, path, diff = export_embedding_model(model, INPUT_SIZE, out_dir, NAME, metadata)
     return model_id, path, model, diff
 
@@ -246,8 +366,10 @@ def train_similarity(
     cfg: SimilarityConfig = SimilarityConfig(),
     holdout: float = 0.2,
     progress: bool = False,
+    grids: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Split by ``groups``, train on the rest, compare baseline vs head on the held-out part.
+    """Split by ``groups``, train on the rest, compare baseline (``x``) vs the head (on ``x``
+    and, if given, the colour ``grids``) on the held-out part.
 
     Returns the metrics with ``_head`` (the torch head), ``_train`` / ``_test`` (row indices).
     """
@@ -265,7 +387,8 @@ def train_similarity(
     ok = embedded_mask(x)
     tr, te = split_holdout(len(x), groups, holdout, cfg.seed)
     tr, te = tr[ok[tr]], te[ok[te]]
-    head, history = train_head(x[tr], labels[tr], colours[tr], cfg, progress)
+    xin = head_input(x, grids)
+    head, history = train_head(xin[tr], labels[tr], colours[tr], cfg, progress)
     train_s = time.perf_counter() - t0
 
     def scores(v: np.ndarray) -> dict[str, float]:
@@ -275,7 +398,7 @@ def train_similarity(
             "precision_at_10_label_colour": precision_at_k(nb, joint[te]),
         }
 
-    base, tuned = scores(x), scores(head_embeddings(head, x))
+    base, tuned = scores(x), scores(head_embeddings(head, xin))
     return {
         "n_items": int(len(x)),
         "n_train": int(len(tr)),
@@ -314,6 +437,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--colour-weak", type=float, default=d.colour_weak, help="weight of same-colour positives"
     )
+    p.add_argument("--per-class", type=int, default=d.per_class, help="class-balanced batches")
+    p.add_argument(
+        "--colour-grid",
+        action=argparse.BooleanOptionalAction,
+        default=d.colour_grid,
+        help=f"add the {COLOUR_GRID}x{COLOUR_GRID} pixel colour-grid branch to the head",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=None, help="models dir (default: settings)")
     p.add_argument("--cache", type=Path, default=None, help="embedding cache sqlite file")
@@ -339,6 +469,7 @@ def run_cli(args: argparse.Namespace, log: Callable[[str], None] | None = None) 
     base_path = ensure_model(s.model_dir)
     with EmbeddingCache(args.cache) as cache:
         x, base_id = image_vectors(cat, base_path, cache, not args.no_progress)
+        grids = catalogue_colour_grids(cat.images, cache) if args.colour_grid else None
     if x.shape[1] != EMBED_DIM:
         raise SystemExit(f"base encoder gives {x.shape[1]}-d vectors, expected {EMBED_DIM}")
     groups = cat.column(args.group) if args.group else np.arange(len(x)).astype(str)
@@ -351,11 +482,13 @@ def run_cli(args: argparse.Namespace, log: Callable[[str], None] | None = None) 
         temperature=args.temperature,
         weak=args.weak,
         colour_weak=args.colour_weak,
+        per_class=args.per_class,
+        colour_grid=args.colour_grid,
         seed=args.seed,
     )
     m = train_similarity(
         x, cat.column(args.label), cat.column(args.colour), groups, cfg, args.holdout,
-        progress=not args.no_progress,
+        progress=not args.no_progress, grids=grids,
     )  # fmt: skip
     head, te = m.pop("_head"), m.pop("_test")
     m.pop("_train")
@@ -374,8 +507,9 @@ def run_cli(args: argparse.Namespace, log: Callable[[str], None] | None = None) 
         from .image import ImageEncoder
 
         model_id, path, model, diff = export_similarity_model(
-            head, out_dir, {"base": base_id, "label": args.label, "colour": args.colour}
-        )
+            head, out_dir, {"base": base_id, "label": args.label, "colour": args.colour,
+                            "colour_grid": cfg.colour_grid}, colour=cfg.colour_grid,
+        )  # fmt: skip
         sample = [cat.images[i] for i in te[:8].tolist() if cat.images[i] is not None]
         img_diff = image_parity(model, path, sample)
         enc = ImageEncoder(path, device="cpu")

@@ -12,8 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from encoders.similarity import (  # noqa: E402
+    COLOUR_DIM,
     NAME,
     SimilarityConfig,
+    colour_grid,
     graded_supcon_loss,
     head_embeddings,
     train_head,
@@ -59,10 +61,18 @@ def test_head_learns_colour_on_synthetic_vectors() -> None:
     assert after > before + 0.2, (before, after)
 
 
+def test_colour_grid_is_the_graph_pooling() -> None:
+    pixels = np.random.default_rng(0).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32)
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(pixels), 28).flatten(1).numpy()
+    np.testing.assert_allclose(colour_grid(pixels), pooled * COLOUR_DIM**-0.5, atol=1e-6)
+    flat = np.zeros((1, 3, 224, 224), np.float32)
+    flat[:, 0] = 1.0  # all red
+    grid = colour_grid(flat)[0] * COLOUR_DIM**0.5
+    assert grid[:64].tolist() == [1.0] * 64 and not grid[64:].any()
+
+
 def test_train_similarity_cli_exports_a_loadable_onnx(tmp_path: Path) -> None:
     from encoders.image import ImageEncoder, model_file
-    from encoders.preprocess import load_image, preprocess
-    from encoders.similarity import build_encoder
     from encoders.train import main
 
     out = tmp_path / "models"
@@ -71,7 +81,7 @@ def test_train_similarity_cli_exports_a_loadable_onnx(tmp_path: Path) -> None:
             "similarity", "--items", str(FIXTURES / "hm_sample" / "items.csv"),
             "--label", "product_type_name", "--colour", "colour_group_name",
             "--group", "product_code", "--epochs", "2", "--dim", "16", "--hidden", "0",
-            "--batch-size", "64", "--out", str(out), "--no-progress",
+            "--batch-size", "64", "--out", str(out), "--no-progress", "--colour-grid",
         ]
     )  # fmt: skip
     assert rc == 0
@@ -85,23 +95,6 @@ def test_train_similarity_cli_exports_a_loadable_onnx(tmp_path: Path) -> None:
     assert enc.dim == 16 and enc.input_size == 224
     heldout = Path(metrics["heldout_items"])
     assert heldout.is_file() and len(heldout.read_text().splitlines()) == metrics["n_heldout"] + 1
-    # the ONNX graph is base + head: rebuild it in torch from the head's weights and compare
-    images = sorted((FIXTURES / "hm_sample" / "images").glob("*.jpg"))[:3]
-    pixels = preprocess([load_image(p) for p in images], 224)
-    head = torch.nn.Sequential(torch.nn.Linear(1280, 16))
-    import onnx
-    from onnx import numpy_helper
-
-    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
-    w = next(v for v in weights.values() if v.shape in ((16, 1280), (1280, 16)))
-    b = next(v for v in weights.values() if v.shape == (16,))
-    with torch.no_grad():
-        head[0].weight.copy_(torch.from_numpy(np.array(w if w.shape == (16, 1280) else w.T)))
-        head[0].bias.copy_(torch.from_numpy(np.array(b)))
-        ref = build_encoder(head)(torch.from_numpy(pixels)).numpy()
-    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    assert np.abs(enc.embed(pixels) - ref).max() < 1e-4
-
     # a worker loads it with VREC_ENCODER_MODEL=<folder> and sizes its store to the head's dim
     from streams.runtime import Runtime
     from streams.settings import Settings
@@ -112,3 +105,31 @@ def test_train_similarity_cli_exports_a_loadable_onnx(tmp_path: Path) -> None:
         assert rt.model_id == metrics["model_id"] and rt.encoder.dim == 16
     finally:
         rt.close()
+
+
+def test_exported_graph_matches_torch_on_images(tmp_path: Path) -> None:
+    """The ONNX file (base + colour grid + standardised MLP head) vs the torch modules."""
+    from encoders.image import ImageEncoder
+    from encoders.preprocess import load_image, preprocess
+    from encoders.similarity import export_similarity_model, image_parity
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (64, 1280 + COLOUR_DIM)).astype(np.float32)
+    labels, colours = rng.integers(0, 3, 64).astype(str), rng.integers(0, 2, 64).astype(str)
+    cfg = SimilarityConfig(dim=24, hidden=32, epochs=2, batch_size=32)
+    head, _ = train_head(x, labels, colours, cfg)
+    model_id, path, model, diff = export_similarity_model(head, tmp_path, colour=True)
+    assert diff <= 1e-4 and model_id.startswith(f"{NAME}-")
+    images = sorted((FIXTURES / "hm_sample" / "images").glob("*.jpg"))[:4]
+    assert image_parity(model, path, images) <= 1e-4
+    pixels = preprocess([load_image(p) for p in images], 224)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(pixels)).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    enc = ImageEncoder(path, device="cpu")
+    assert enc.model_id == model_id and enc.dim == 24
+    np.testing.assert_allclose(enc.embed(pixels), ref, atol=1e-5)
+    # sanity: a recoloured image gets another embedding
+    recoloured = pixels.copy()
+    recoloured[:, [0, 2]] = recoloured[:, [2, 0]]
+    assert np.abs(enc.embed(recoloured) - enc.embed(pixels)).max() > 1e-3
