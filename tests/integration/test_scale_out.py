@@ -34,9 +34,10 @@ def _wait_log(worker: WorkerProcess, text: str, timeout: float = 180.0) -> None:
 def _settings(bootstrap: str, data_dir, kind: str, **overrides) -> Settings:
     """Own app id and topics for one test; the visual ranker the reference computes."""
     base = Settings(broker=bootstrap, data_dir=data_dir)
+    # every worker of the test (not only the Pipeline's) reads the fixture images
     return isolated_run(
         base, kind, ranker="visual", exclude="purchased", personalise_after=2, **overrides
-    ).model_copy(update={"data_dir": data_dir})
+    ).model_copy(update={"data_dir": data_dir, "image_root": SAMPLE.parent})
 
 
 @pytest.mark.parametrize(
