@@ -9,7 +9,7 @@ import logging
 
 import faust
 
-from streams.events import DeadLetter
+from streams.events import DeadLetter, RecordError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def bound_letter(
 
 def describe(exc: BaseException) -> str:
     """A short, clear reason from a validation or decoding error."""
+    if isinstance(exc, RecordError):
+        return str(exc)
     if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
         return f"invalid JSON: {exc}"
     errors = getattr(exc, "errors", None)

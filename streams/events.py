@@ -44,6 +44,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class RecordError(ValueError):
+    """A record value that cannot be used; the message is the dead letter's reason."""
+
+
 def json_document(raw: bytes | bytearray | str | None) -> Any:
     """Decode a record's JSON value; every failure is a ValueError with a clear reason.
 
@@ -52,28 +56,28 @@ def json_document(raw: bytes | bytearray | str | None) -> Any:
     than the parser's recursion limit.
     """
     if raw is None:
-        raise ValueError("empty record: null value (a tombstone)")
+        raise RecordError("empty record: null value (a tombstone)")
     if not isinstance(raw, (bytes, bytearray, str)):
-        raise ValueError(f"record value must be bytes or str, not {type(raw).__name__}")
+        raise RecordError(f"record value must be bytes or str, not {type(raw).__name__}")
     if not raw:
-        raise ValueError("empty record: zero-length value")
+        raise RecordError("empty record: zero-length value")
     try:
         text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise RecordError(f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         return json.loads(text, parse_constant=_non_finite, parse_float=_finite_float)
     except RecursionError:
-        raise ValueError("invalid JSON: nested too deeply") from None
+        raise RecordError("invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc}") from None
+        raise RecordError(f"invalid JSON: {exc}") from None
 
 
 def json_object(raw: bytes | bytearray | str | None) -> dict[str, Any]:
     """:func:`json_document` of a value that must be a JSON object (ValueError otherwise)."""
     doc = json_document(raw)
     if not isinstance(doc, dict):
-        raise ValueError(f"event must be a JSON object, not {type(doc).__name__}")
+        raise RecordError(f"event must be a JSON object, not {type(doc).__name__}")
     return doc
 
 

@@ -37,6 +37,16 @@ def _checked(name: str, vec: np.ndarray, dim: int) -> np.ndarray:
     return vec
 
 
+def _finite_number(x: object) -> bool:
+    """A JSON number that is a finite float (a huge integer is not)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
 def decode_item(
     raw: bytes | None, dims: Mapping[str, int]
 ) -> tuple[ItemEmbedding, dict[str, np.ndarray]]:
@@ -44,9 +54,7 @@ def decode_item(
     ``dims`` (a text vector only where the store has one); ValueError says what is wrong."""
     emb = ItemEmbedding.model_validate(json_object(raw))
     price = emb.payload.get("price")
-    if price is not None and (
-        isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price)
-    ):
+    if price is not None and not _finite_number(price):
         raise ValueError(f"payload price must be a finite number, got {str(price)[:40]!r}")
     vectors = {"image": _checked("image", emb.vector, dims["image"])}
     if emb.text_vector_b64 and "text" in dims:

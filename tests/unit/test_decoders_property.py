@@ -169,6 +169,11 @@ def embedding_records(draw) -> bytes | None:
 @given(embedding_records())
 @example(None)
 @example(b"[" * 100_000)
+@example(  # found by hypothesis: an integer price past the float range
+    b'{"item_id": "i", "model_id": "m", "vector_b64": "AAAAAAAAAAAAAAAA", "payload": {"price": '
+    + b"1" * 400
+    + b"}}"
+)
 def test_replica_decode_item(raw: bytes | None) -> None:
     try:
         emb, vectors = decode_item(raw, DIMS)
