@@ -106,28 +106,53 @@ def _ci(value: float, ci: tuple[float, float], digits: int = 3) -> str:
     return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
-def plot_daily(scored: Iterable[ScoredEvent], path: Path, day_s: float = 86_400.0) -> None:
-    """Daily hit rate (anywhere in the list) per variant over event time."""
-    import matplotlib
+def plot_daily(
+    scored: Iterable[ScoredEvent], path: Path, day_s: float = 86_400.0, bins: int = 40
+) -> None:
+    """Hit rate (anywhere in the list) per variant over event time, in at most ``bins`` bins of
+    whole days, drawn with Pillow."""
+    from PIL import Image, ImageDraw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    scored = list(scored)
+    if scored:
+        first = min(int(s.ts // day_s) for s in scored)
+        span = max(int(s.ts // day_s) for s in scored) - first + 1
+        width = max(1, -(-span // bins))  # days per bin
     per: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for s in scored:
-        cell = per[s.variant][int(s.ts // day_s)]
+        day = int(s.ts // day_s)
+        cell = per[s.variant][first + (day - first) // width * width]
         cell[0] += 1 if s.rank else 0
         cell[1] += 1
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for variant, days in sorted(per.items()):
-        xs = sorted(days)
-        ax.plot(xs, [days[d][0] / days[d][1] for d in xs], marker=".", label=variant)
-    ax.set_xlabel("event day (days since 1970)")
-    ax.set_ylabel("hit rate of the last list")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    days = sorted({d for v in per.values() for d in v})
+    w, h, pad = 900, 420, 50
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([pad, pad // 2, w - pad // 2, h - pad], outline="black")
+    if days:
+        top = max(c[0] / c[1] for v in per.values() for c in v.values()) or 1.0
+        span = max(1, days[-1] - days[0])
+
+        def xy(day: int, rate: float) -> tuple[float, float]:
+            x = pad + (day - days[0]) / span * (w - 1.5 * pad)
+            return x, h - pad - rate / top * (h - 1.5 * pad)
+
+        colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+        for n, (variant, cells) in enumerate(sorted(per.items())):
+            colour = colours[n % len(colours)]
+            points = [xy(d, cells[d][0] / cells[d][1]) for d in sorted(cells)]
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2)
+            for x, y in points:
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+            draw.text((pad + 10, pad // 2 + 5 + 14 * n), f"{variant}", fill=colour)
+        draw.text((pad, h - pad + 8), f"day {days[0]}", fill="black")
+        draw.text((w - 2 * pad, h - pad + 8), f"day {days[-1]}", fill="black")
+        draw.text((5, pad // 2), f"{top:.2f}", fill="black")
+        draw.text((5, h - pad - 10), "0", fill="black")
+    label = f"hit rate of the last list, per {width if scored else 1} event day(s)"
+    draw.text((w // 2 - 120, h - 20), label, fill="black")
+    img.save(path)
 
 
 def _scrape(url: str, token: str | None) -> str:
@@ -166,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token", help="the worker's web token (VREC_WEB_TOKEN)")
     ap.add_argument("--by", default="variant", help=f"comma list of {', '.join(LABELS)}")
     ap.add_argument("--json", type=Path, help="write the rows as JSON")
-    ap.add_argument("--png", type=Path, help="(--topics) daily hit rate per variant")
+    ap.add_argument("--png", type=Path, help="(--topics) hit rate per variant over event time")
     args = ap.parse_args(argv)
     by = [f for f in args.by.split(",") if f]
     if bad := [f for f in by if f not in LABELS]:
