@@ -395,8 +395,11 @@ def summarise(report: Mapping[str, Any]) -> str:
             ("  random neighbours", report["random_precision_at_10_label_colour"]),
         ]  # fmt: skip
     if "precision_at_10_fused" in report:
-        rows.append((f"precision@10 image+text (w={report['text_weight']})",
-                     report["precision_at_10_fused"]))  # fmt: skip
+        rows.append((f"precision@10 image+text (w={report['text_weight']}; text has the "
+                     "category)", report["precision_at_10_fused"]))  # fmt: skip
+        if "precision_at_10_label_colour_fused" in report:
+            rows.append(("precision@10 label + colour, image+text",
+                         report["precision_at_10_label_colour_fused"]))  # fmt: skip
     rows.append((f"classifier top-1 ({report.get('classifier_split', '-')})",
                  report["classifier_top1"]))  # fmt: skip
     lines = [

@@ -128,3 +128,21 @@ def test_cli_on_hm_sample_writes_json_markdown_and_grid(tmp_path: Path) -> None:
         assert (out.parent / ex["image"]).is_file()
         assert len(ex["neighbours"]) == 10
         assert all((out.parent / n["image"]).is_file() for n in ex["neighbours"])
+
+
+def test_fused_precision_uses_the_text_vectors() -> None:
+    from streams.catalogue_import import HM_MAP
+    from streams.eval.catalogue import Catalogue, catalogue_report
+
+    labels = ["a", "b"] * 12  # 11 same-label others per item: room for 10 neighbours
+    rows = [{"t": lab, "c": "black"} for lab in labels]
+    cat = Catalogue(Path("x.csv"), [str(i) for i in range(24)], [None] * 24, rows, HM_MAP)
+    image = np.random.default_rng(0).normal(size=(24, 8)).astype(np.float32)  # no label signal
+    text = np.array([[1.0, 0.0] if lab == "a" else [0.0, 1.0] for lab in labels], np.float32)
+    report, _ = catalogue_report(cat, image, "t", "c", text_vectors=text, text_weight=1.0,
+                                 classify=False)  # fmt: skip
+    assert report["precision_at_10"] < 0.8
+    assert report["precision_at_10_fused"] == 1.0  # w = 1: the text alone ranks
+    assert report["precision_at_10_label_colour_fused"] == 1.0
+    off, _ = catalogue_report(cat, image, "t", text_vectors=text, text_weight=0.0, classify=False)
+    assert "precision_at_10_fused" not in off and off["classifier_top1"] is None
