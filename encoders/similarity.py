@@ -433,6 +433,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     d = SimilarityConfig()
     p.add_argument("--items", type=Path, default=None, help="catalogue CSV (default: H&M)")
     p.add_argument("--map", default=None, help="field=column,... or hm (default: hm)")
+    p.add_argument("--map-file", type=Path, default=None, help="the column map as JSON")
     p.add_argument("--label", default="product_type_name")
     p.add_argument("--colour", default="colour_group_name")
     p.add_argument("--group", default="product_code", help="split column ('' = by item)")
@@ -475,7 +476,7 @@ def run_cli(args: argparse.Namespace, log: Callable[[str], None] | None = None) 
     s = get_settings()
     out_dir = args.out if args.out is not None else s.model_dir
     items = args.items if args.items is not None else Path(DEFAULT_HM_DIR) / "items.csv"
-    cat = read_catalogue(items, column_map(args.map))
+    cat = read_catalogue(items, column_map(args.map, args.map_file))
     base_path = ensure_model(s.model_dir)
     with EmbeddingCache(args.cache) as cache:
         x, base_id = image_vectors(cat, base_path, cache, not args.no_progress)
