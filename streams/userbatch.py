@@ -306,6 +306,58 @@ def rank_batch(
     return out
 
 
+@dataclass
+class DayClose:
+    """One slice of a day close: the lists to publish and the table writes that follow."""
+
+    recommendations: list[Recommendation]
+    users: dict[bytes, bytes]  # states that now keep the list just published
+    active: dict[bytes, None]  # the closed (day, user) cells, deleted
+
+
+def close_days_slice(
+    partition: int,
+    closing: Mapping[str, Sequence[int]],
+    states: Mapping[str, UserState],
+    ranking: Ranking,
+    *,
+    tick_ts: float,
+    as_of: int,
+    model_id: str,
+    candidates: Mapping[str, Mapping[str, Candidates]] | None = None,
+) -> DayClose:
+    """Re-rank the users of ``closing`` (user -> the closed day buckets they were active in)
+    with the partition's final counts of those days; ``states``: their stored states (a user
+    without one is only forgotten from the closed days). The caller discards the closed days
+    from ``part.active`` once the lists are published (a crash before re-ranks again)."""
+    recs: list[Recommendation] = []
+    mine = {u: states[u] for u in closing if u in states}
+    for ctx, users in ranking.groups(mine):
+        variant = ctx.config.variant
+        found = (candidates or {}).get(variant)
+        ranked = rank_states({u: mine[u] for u in users}, ctx, found)  # type: ignore[arg-type]
+        recs.extend(
+            to_record(
+                user_id,
+                items,
+                strategy,
+                model_id=model_id,
+                event_id=None,
+                event_ts=tick_ts,
+                trigger="day_close",
+                as_of=(partition, as_of),
+                variant=variant,
+            )
+            for user_id, (items, strategy) in ranked.items()
+        )
+    shown = remember_lists(mine, recs, ranking)  # the online metrics' reference
+    return DayClose(
+        recommendations=recs,
+        users={u.encode(): mine[u].to_bytes() for u in sorted(shown)},
+        active={active_key(partition, b, u): None for u in closing for b in closing[u]},
+    )
+
+
 def rank_context(part: PartitionState, catalogue: Catalogue, config: RankConfig) -> RankContext:
     return RankContext(
         config, trending=part.trending, copurchase=part.copurchase, catalogue=catalogue

@@ -34,15 +34,20 @@ from streams.recommend import (
     Candidates,
     RankConfig,
     Ranking,
-    rank_states,
-    remember_lists,
     to_record,
     visual_queries,
 )
 from streams.runtime import Runtime
-from streams.tables import Tables, active_key
+from streams.tables import Tables
 from streams.topics import Topics
-from streams.userbatch import FoldConfig, InputRecord, fold_batch, rank_batch, ranking_for
+from streams.userbatch import (
+    FoldConfig,
+    InputRecord,
+    close_days_slice,
+    fold_batch,
+    rank_batch,
+    ranking_for,
+)
 from streams.userstate import UserState
 
 log = logging.getLogger(__name__)
@@ -217,38 +222,23 @@ def register(
                 raw = stored_state(user_id)
                 if raw:
                     states[user_id] = UserState.from_bytes(raw)
-            candidates = await candidates_for(states, ranking) or {}
-            recs = []
-            for ctx, users in ranking.groups(states):
-                variant = ctx.config.variant
-                ranked = rank_states({u: states[u] for u in users}, ctx, candidates.get(variant))
-                recs.extend(
-                    to_record(
-                        user_id,
-                        items,
-                        strategy,
-                        model_id=rt.model_id,
-                        event_id=None,
-                        event_ts=tick.ts,
-                        trigger="day_close",
-                        as_of=(partition, offset),
-                        variant=variant,
-                    )
-                    for user_id, (items, strategy) in ranked.items()
-                )
-            for rec in recs:
+            done = close_days_slice(
+                partition,
+                {u: closing[u] for u in chunk},
+                states,
+                ranking,
+                tick_ts=tick.ts,
+                as_of=offset,
+                model_id=rt.model_id,
+                candidates=await candidates_for(states, ranking),
+            )
+            for rec in done.recommendations:
                 await publish(rec)
-            # each user's state keeps the list just published (the online metrics' reference)
-            shown = remember_lists(states, recs, ranking)
-            await write(tables.users, partition, {u.encode(): states[u].to_bytes() for u in shown})
-            for user_id in chunk:
-                for bucket in closing[user_id]:  # after publishing: a crash re-ranks again
+            await write(tables.users, partition, done.users)
+            for user_id in chunk:  # after publishing: a crash re-ranks again
+                for bucket in closing[user_id]:
                     part.active.discard(partition, bucket, user_id)
-                await write(
-                    tables.active,
-                    partition,
-                    {active_key(partition, b, user_id): None for b in closing[user_id]},
-                )
+            await write(tables.active, partition, done.active)
             await asyncio.sleep(0)  # let commits, heartbeats and other agents run
         if closing:
             log.info("day close on partition %d: %d users re-ranked", partition, len(closing))

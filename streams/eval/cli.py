@@ -153,6 +153,34 @@ def live_predictions(settings: Settings, products, history, progress: bool = Tru
     return lists, [i.item_id for i in trending[0].items], np.array(latencies), timings, model_id
 
 
+def offline_predictions(settings: Settings, products, history):
+    """The users agent's logic in-process over the history, then a clock mark closing its last
+    day (as the live eval does): (last list per user, trending list)."""
+    from encoders import ImageEncoder, ensure_model
+    from encoders.cache import EmbeddingCache, embed_catalogue
+    from streams.catalogue import Catalogue
+    from streams.events import Tick
+    from streams.offline import OfflineUsers
+    from streams.ranking import top_trending
+
+    encoder = ImageEncoder(ensure_model(settings.model_dir), device="cpu")
+    cache = settings.embedding_cache or str(REPO_ROOT / ".cache" / "embeddings.sqlite")
+    with EmbeddingCache(cache) as c:
+        vectors = embed_catalogue(encoder, [p.image_path for p in products], c, errors="zero")
+    cat = Catalogue()
+    for p, vec in zip(products, vectors):
+        if np.any(vec):
+            cat.put(p.item_id, vec, p.payload())
+    users = OfflineUsers(settings, cat)
+    events = sorted(history, key=lambda e: e.ts)  # the replay's order (stable within a day)
+    if events and settings.day_close_refresh:
+        day = settings.trending_bucket_s
+        events.append(Tick(ts=(max(e.ts for e in events) // day + 1) * day))
+    users.feed(events)
+    lists = {u: [i.item_id for i in r.items] for u, r in users.last_lists().items()}
+    return lists, [i for i, _ in top_trending(users.part.trending, settings.top_k)]
+
+
 def summarise(metrics: dict, extra: dict) -> str:
     rows = [
         "| metric | all | warm |",
@@ -254,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     products = _catalogue(args.items, args.images, prices)
     extra: dict = {"k": args.k, "customers": len(truth), "history_events": len(history)}
 
+    if args.baseline == "live":  # the live core in-process (streams/offline.py), no Kafka
+        base = _apply_sets(get_settings(), args.set)
+        settings = base.model_copy(update={"top_k": args.k})
+        lists, trending = offline_predictions(settings, products, history)
+        predictions = {u: lists.get(u, trending) for u in truth}
+        extra.update(method="offline:live-core", published_users=len(lists))
+        metrics = evaluate(predictions, truth, warm, k=args.k, catalogue_size=len(products))
+        return _write(args, metrics, extra, predictions)
     if args.baseline:  # offline, on the same split of the same H&M folder
         from streams.eval.baselines import run_baselines
 

@@ -57,3 +57,47 @@ def test_hybrid_replay_matches_reference(kafka_broker, tmp_path, sample, batchin
     # the signals the sample exercises (no prices; co-purchase weighs 0.15, never the largest)
     reasons = Counter(i.reason for r in recs for i in r.items)
     assert {"bought before", "same product", "visually similar", "trending"} <= set(reasons)
+
+
+def test_offline_core_publishes_the_live_lists(kafka_broker, tmp_path, sample):
+    """streams.offline (the users agent's logic in-process, what `vrec eval --baseline live`
+    runs) fed the worker's user-events in order, with batches of one and a day close, publishes
+    the lists the live worker published: same users, events, items, reasons and scores."""
+    from streams.catalogue import Catalogue
+    from streams.events import Interaction, Recommendation, Tick
+    from streams.offline import OfflineUsers
+
+    products, events = sample
+    settings = hybrid_settings(tmp_path, kafka_broker.bootstrap, batch_max=1)
+    day = settings.trending_bucket_s
+    close = (max(e.ts for e in events) // day + 1) * day
+    with Pipeline(settings) as pipe:
+        pipe.index(products)
+        replay_all(pipe, events)
+        pipe.close_days(close)
+        live = [Recommendation.from_bytes(r.value) for r in pipe.recommendation_records()]
+        user_events = pipe.read("user_events", idle=1.0, timeout=60)
+        items = pipe.embeddings()
+    cat = Catalogue()
+    for item_id, e in items.items():
+        cat.put(item_id, e.vector, e.payload)
+    offline = OfflineUsers(settings, cat)
+    ordered = sorted(user_events, key=lambda r: r.offset)
+    offline.feed(
+        Tick.from_bytes(r.value) if b'"tick"' in r.value else Interaction.from_bytes(r.value)
+        for r in ordered
+    )
+    assert len(offline.recommendations) == len(live) > len(events)  # + the day close
+    for got, want in zip(offline.recommendations, live):
+        assert (got.user_id, got.event_id, got.trigger, got.strategy) == (
+            want.user_id,
+            want.event_id,
+            want.trigger,
+            want.strategy,
+        )
+        assert [(i.item_id, i.reason) for i in got.items] == [
+            (i.item_id, i.reason) for i in want.items
+        ]
+        assert [i.score for i in got.items] == pytest.approx(
+            [i.score for i in want.items], abs=1e-6
+        )
