@@ -178,7 +178,7 @@ def offline_predictions(settings: Settings, products, history):
         events.append(Tick(ts=(max(e.ts for e in events) // day + 1) * day))
     users.feed(events)
     lists = {u: [i.item_id for i in r.items] for u, r in users.last_lists().items()}
-    return lists, [i for i, _ in top_trending(users.part.trending, settings.top_k)]
+    return lists, [s.item_id for s in top_trending(users.part.trending, settings.top_k)]
 
 
 def summarise(metrics: dict, extra: dict) -> str:

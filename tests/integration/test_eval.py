@@ -112,3 +112,21 @@ def test_eval_report_matches_published_lists(kafka_broker, tmp_path, monkeypatch
     assert m["map_warm"] == pytest.approx(map_warm, abs=1e-12)
     hr_all = sum(bool(truth[u] & set(predictions[u][:12])) for u in truth) / len(truth)
     assert m["hr_all"] == pytest.approx(hr_all, abs=1e-12)
+
+    # `--baseline live`: the users agent's logic in-process (streams/offline.py). A list made
+    # by the day close is ranked at the final state, whatever the batch boundaries were, so
+    # those customers get exactly the live worker's lists.
+    live_out = tmp_path / "live.json"
+    try:
+        rc = eval_cli.main(
+            ["--items", str(SAMPLE / "items.csv"), "--history", str(hist_path), "--truth"]
+            + [str(truth_path), "--out", str(live_out), "--baseline", "live", "--no-progress"]
+            + ["--set", "embedding_cache=" + str(tmp_path / "emb.sqlite")]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert rc == 0 and json.loads(live_out.read_text())["method"] == "offline:live-core"
+    with open(live_out.with_suffix(".predictions.csv")) as f:
+        offline = {r["customer_id"]: r["prediction"].split() for r in csv.DictReader(f)}
+    closed = [u for u in truth if trigger.get(u) == "day_close"]
+    assert closed and all(offline[u] == predictions[u] for u in closed)
