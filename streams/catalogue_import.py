@@ -55,7 +55,6 @@ FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
 MAX_ID_CHARS = 128
 
 
-
 # ------------------------------------------------------------------ the column map
 
 

@@ -144,7 +144,5 @@ def variant_settings(settings, experiment: Experiment | None) -> dict[str, Any]:
     out = {}
     for v in experiment.variants:
         # validated like any setting (a wrong type or range fails here, at start-up)
-        out[v.name] = type(settings).model_validate(
-            {**settings.model_dump(), **v.overrides}
-        )
+        out[v.name] = type(settings).model_validate({**settings.model_dump(), **v.overrides})
     return out
