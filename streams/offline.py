@@ -15,8 +15,8 @@ from collections.abc import Iterable
 
 from streams.catalogue import Catalogue
 from streams.events import Interaction, Recommendation, Tick
-from streams.experiment import from_settings, variant_settings
-from streams.recommend import RankConfig
+from streams.experiment import from_settings
+from streams.recommend import variant_configs
 from streams.runtime import PartitionStates
 from streams.settings import Settings
 from streams.userbatch import (
@@ -39,10 +39,7 @@ class OfflineUsers:
         self.model_id = model_id
         self.fold_cfg = FoldConfig.from_settings(settings)
         self.experiment = from_settings(settings)
-        self.rank_cfgs = {
-            name: RankConfig.from_settings(vs, name)
-            for name, vs in variant_settings(settings, self.experiment).items()
-        }
+        self.rank_cfgs = variant_configs(settings, self.experiment)
         self.part = PartitionStates(settings).get(0)
         self.users: dict[bytes, bytes] = {}
         self.recommendations: list[Recommendation] = []

@@ -18,7 +18,7 @@ import numpy as np
 
 from streams.catalogue import Catalogue
 from streams.events import RecItem, Recommendation
-from streams.experiment import Experiment
+from streams.experiment import Experiment, variant_settings
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
 from streams.ranking.hybrid import (
@@ -73,6 +73,14 @@ class RankConfig:
             cf_candidates=s.cf_candidates,
             pop_candidates=s.pop_candidates,
         )
+
+
+def variant_configs(settings: Settings, experiment: Experiment | None) -> dict[str, RankConfig]:
+    """variant name -> its ranking settings ("" -> the settings, without an experiment)."""
+    return {
+        name: RankConfig.from_settings(vs, name)
+        for name, vs in variant_settings(settings, experiment).items()
+    }
 
 
 class RankContext:

@@ -27,14 +27,14 @@ import faust.streams as faust_streams
 from streams import metrics
 from streams.deadletters import DeadLetterSink
 from streams.events import Tick, is_tick, json_object
-from streams.experiment import from_settings, variant_settings
+from streams.experiment import from_settings
 from streams.ranking import top_trending
 from streams.recommend import (
     TRENDING_KEY,
     Candidates,
-    RankConfig,
     Ranking,
     to_record,
+    variant_configs,
     visual_queries,
 )
 from streams.runtime import Runtime
@@ -77,10 +77,7 @@ def register(
     s = rt.settings
     fold_cfg = FoldConfig.from_settings(s)
     experiment = from_settings(s)
-    rank_cfgs = {
-        name: RankConfig.from_settings(vs, name)
-        for name, vs in variant_settings(s, experiment).items()
-    }
+    rank_cfgs = variant_configs(s, experiment)
     visual = any(cfg.ranker != "hybrid" for cfg in rank_cfgs.values())
     parts = rt.partitions
 

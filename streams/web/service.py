@@ -29,10 +29,9 @@ from pydantic import ValidationError
 from streams.deadletters import describe
 from streams.events import ProductUpload
 from streams.experiment import from_settings as experiment_from_settings
-from streams.experiment import variant_settings
 from streams.ranking import Scored, Trending, top_trending
 from streams.ranking.copurchase import CoPurchase
-from streams.recommend import RankConfig, RankContext, rank_one
+from streams.recommend import RankContext, rank_one, variant_configs
 from streams.userstate import HistoryEntry, UserState
 
 if TYPE_CHECKING:
@@ -219,10 +218,7 @@ class WebService:
         self.tables = vrec.tables
         self.topics = vrec.topics
         self.experiment = experiment_from_settings(self.settings)
-        self.rank_configs = {
-            name: RankConfig.from_settings(vs, name)
-            for name, vs in variant_settings(self.settings, self.experiment).items()
-        }
+        self.rank_configs = variant_configs(self.settings, self.experiment)
 
     # -- health ----------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:

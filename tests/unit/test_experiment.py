@@ -10,7 +10,7 @@ from test_userbatch import ITEMS, PARTITION, Tables, _catalogue, _part, _records
 
 from streams.eval.online import paired_difference, score_events, summarise, wilson
 from streams.experiment import Experiment, Variant, variant_settings
-from streams.recommend import RankConfig
+from streams.recommend import variant_configs
 from streams.userbatch import FoldConfig, process_batch, ranking_for
 
 IDS = [f"user-{n}" for n in range(100_000)]
@@ -58,10 +58,7 @@ def test_parse_and_refuse():
 def _run(records, cuts, s, experiment):
     """Fold and rank in batches; returns every OnlineHit and every published list."""
     tables, part, cat = Tables(), _part(s), _catalogue()
-    configs = {
-        name: RankConfig.from_settings(vs, name)
-        for name, vs in variant_settings(s, experiment).items()
-    }
+    configs = variant_configs(s, experiment)
     bounds = [0, *cuts, len(records)]
     hits, recs = [], []
     for lo, hi in zip(bounds, bounds[1:]):
