@@ -240,14 +240,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _classify(args: argparse.Namespace) -> int:
-    from streams.settings import get_settings
-
-    out_dir = args.out if args.out is not None else get_settings().model_dir
-    items, x, load_s = _load(args)
-    print(f"loaded {len(items)} items, embeddings {x.shape} in {load_s:.1f}s", file=sys.stderr)
-    targets = TARGETS if args.target == "all" else (args.target,)
-    cfg = HeadConfig(
+def _head_config(args: argparse.Namespace) -> HeadConfig:
+    """The classifier head's training settings from the command line."""
+    return HeadConfig(
         hidden=args.hidden,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -256,6 +251,16 @@ def _classify(args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
     )
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from streams.settings import get_settings
+
+    out_dir = args.out if args.out is not None else get_settings().model_dir
+    items, x, load_s = _load(args)
+    print(f"loaded {len(items)} items, embeddings {x.shape} in {load_s:.1f}s", file=sys.stderr)
+    targets = TARGETS if args.target == "all" else (args.target,)
+    cfg = _head_config(args)
     rows = []
     for target in targets:
         raw = np.array([r.get(target, "") for r in items.rows], dtype=str)
@@ -393,15 +398,7 @@ def _classify_label(args: argparse.Namespace) -> int:
         f"embeddings {x.shape} in {time.perf_counter() - t0:.1f}s",
         file=sys.stderr,
     )
-    cfg = HeadConfig(
-        hidden=args.hidden,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        seed=args.seed,
-    )
+    cfg = _head_config(args)
     m = run_classify(
         x,
         raw,
