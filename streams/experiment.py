@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,16 @@ class Experiment:
     def assign(self, user_id: str) -> str:
         return self.variants[bisect_right(self._edges, self.point(user_id))].name  # type: ignore[attr-defined]
 
-    def members(self, user_ids, variant: str) -> list[str]:
-        """The users ranked with ``variant`` (all of them in shadow mode), order kept."""
+    def split(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
+        """variant -> the users it ranks (every user in shadow mode), order kept; one hash per
+        user."""
+        users = list(user_ids)
         if self.shadow:
-            return list(user_ids)
-        return [u for u in user_ids if self.assign(u) == variant]
+            return {name: users for name in self.names}
+        out: dict[str, list[str]] = {name: [] for name in self.names}
+        for u in users:
+            out[self.assign(u)].append(u)
+        return out
 
     @classmethod
     def parse(cls, spec: str, *, shadow: bool = False) -> Experiment:

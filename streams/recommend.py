@@ -166,8 +166,8 @@ class Ranking:
             return [(ctx, users) for ctx in self.contexts.values()]
         return [
             (self.contexts[name], members)
-            for name in self.experiment.names
-            if (members := self.experiment.members(users, name))
+            for name, members in self.experiment.split(users).items()
+            if members
         ]
 
 

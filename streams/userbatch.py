@@ -15,7 +15,7 @@ becomes a dead letter and changes nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streams.catalogue import Catalogue
@@ -93,11 +93,31 @@ class PartitionState:
     applied: dict[bytes, int] = field(default_factory=dict)
 
 
+class EncodedStates(Mapping[bytes, bytes]):
+    """The users table's writes of a batch: user id -> the state's bytes, encoded when read.
+
+    Ranking still changes the states after the fold (each keeps the list just published), so
+    encoding when the writes are applied encodes each state once per batch.
+    """
+
+    def __init__(self, states: Mapping[str, UserState]) -> None:
+        self._states = states
+
+    def __getitem__(self, key: bytes) -> bytes:
+        return self._states[key.decode()].to_bytes()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (user_id.encode() for user_id in self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
 @dataclass
 class TableWrites:
     """Table key -> new value (None: delete); the last write of a key in a batch wins."""
 
-    users: dict[bytes, bytes] = field(default_factory=dict)
+    users: Mapping[bytes, bytes] = field(default_factory=dict)
     trending: dict[bytes, bytes | None] = field(default_factory=dict)
     copurchase: dict[bytes, bytes | None] = field(default_factory=dict)
     active: dict[bytes, bytes | None] = field(default_factory=dict)
@@ -252,8 +272,7 @@ def fold_batch(
             if oldest is not None:  # forget days no mark closed in time
                 for old_day, old_user in active.expire(partition, oldest):
                     writes.active[active_key(partition, old_day, old_user)] = None
-    for user_id, state in states.items():
-        writes.users[user_id.encode()] = state.to_bytes()
+    writes.users = EncodedStates(states)
     return Folded(
         partition=partition,
         states=states,
@@ -273,8 +292,8 @@ def rank_batch(
     candidates: Mapping[str, Mapping[str, Candidates]] | Mapping[str, Candidates] | None = None,
 ) -> list[Recommendation]:
     """One recommendation per user of the batch (per variant ranking them), in the order of
-    their newest events; each user's own list is kept in their state and their state's bytes
-    in ``folded.writes.users`` are updated.
+    their newest events; each user's own list is kept in their state (``folded.writes.users``
+    encodes the states when read).
 
     ``candidates`` (visual ranker): variant -> user -> the store's neighbours (a plain
     user -> neighbours mapping with a single context)."""
@@ -301,8 +320,7 @@ def rank_batch(
                     variant=variant,
                 )
             )
-    for user_id in remember_lists(folded.states, out, ranking):
-        folded.writes.users[user_id.encode()] = folded.states[user_id].to_bytes()
+    remember_lists(folded.states, out, ranking)  # folded.writes.users encodes them as they are
     return out
 
 

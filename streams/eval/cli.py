@@ -45,19 +45,36 @@ def read_truth(path: Path) -> dict[str, set[str]]:
     return dict(truth)
 
 
-def split_events(path: Path, cutoff: str, end: str):
-    """H&M events.csv split by day: (history events, truth dict)."""
+def split_log(path: Path, cutoff: str, end: str):
+    """H&M events.csv split by day: (history events, truth events from cutoff to end)."""
     from streams.replay import read_hm_events
 
     events = read_hm_events(path)
     c = _day_ts(cutoff)
     e_end = _day_ts(end) + 86_400
-    history = [e for e in events if e.ts < c]
+    return [e for e in events if e.ts < c], [e for e in events if c <= e.ts < e_end]
+
+
+def split_events(path: Path, cutoff: str, end: str):
+    """H&M events.csv split by day: (history events, truth dict)."""
+    history, later = split_log(path, cutoff, end)
     truth: dict[str, set[str]] = defaultdict(set)
-    for e in events:
-        if c <= e.ts < e_end and e.kind == "purchase":
+    for e in later:
+        if e.kind == "purchase":
             truth[e.user_id].add(e.item_id)
     return history, dict(truth)
+
+
+def _run_settings(args, **overrides) -> Settings:
+    """A run's settings: VREC_*, then --set, --k, the embedding cache (the repository's by
+    default) and the catalogue's folder as the image root when none is set."""
+    base = _apply_sets(get_settings(), args.set)
+    cache = base.embedding_cache or str(REPO_ROOT / ".cache" / "embeddings.sqlite")
+    settings = isolated_run(base, "eval", top_k=args.k, embedding_cache=cache, **overrides)
+    if settings.image_root is None:  # the worker reads the catalogue's images only
+        images = args.images or Path(args.items).parent
+        settings = settings.model_copy(update={"image_root": images.resolve()})
+    return settings
 
 
 def _day_ts(day: str) -> float:
@@ -164,8 +181,7 @@ def offline_predictions(settings: Settings, products, history):
     from streams.ranking import top_trending
 
     encoder = ImageEncoder(ensure_model(settings.model_dir), device="cpu")
-    cache = settings.embedding_cache or str(REPO_ROOT / ".cache" / "embeddings.sqlite")
-    with EmbeddingCache(cache) as c:
+    with EmbeddingCache(settings.embedding_cache) as c:
         vectors = embed_catalogue(encoder, [p.image_path for p in products], c, errors="zero")
     cat = Catalogue()
     for p, vec in zip(products, vectors):
@@ -283,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict = {"k": args.k, "customers": len(truth), "history_events": len(history)}
 
     if args.baseline == "live":  # the live core in-process (streams/offline.py), no Kafka
-        base = _apply_sets(get_settings(), args.set)
-        settings = base.model_copy(update={"top_k": args.k})
+        settings = _run_settings(args)
         lists, trending = offline_predictions(settings, products, history)
         predictions = {u: lists.get(u, trending) for u in truth}
         extra.update(method="offline:live-core", published_users=len(lists))
@@ -301,12 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         extra["method"] = f"baseline:{args.baseline}"
         return _write(args, metrics, extra, predictions=None)
     else:
-        base = _apply_sets(get_settings(), args.set)
-        cache = base.embedding_cache or str(REPO_ROOT / ".cache" / "embeddings.sqlite")
-        settings = isolated_run(base, "eval", top_k=args.k, embedding_cache=cache)
-        if settings.image_root is None:  # the worker reads the catalogue's images only
-            images = args.images or Path(args.items).parent
-            settings = settings.model_copy(update={"image_root": images.resolve()})
+        settings = _run_settings(args)
         t0 = time.monotonic()
         lists, trending, lat, timings, model_id = live_predictions(
             settings, products, history, progress=not args.no_progress
@@ -342,25 +352,17 @@ def _prequential(args) -> int:
     """Replay history and truth through the live pipeline; score each truth event."""
     from streams.eval import prequential
     from streams.experiment import from_settings
-    from streams.replay import read_hm_events, read_log
+    from streams.replay import read_log
 
     if args.events:
-        events = read_hm_events(args.events)
-        c, e_end = _day_ts(args.cutoff), _day_ts(args.end) + 86_400
-        history = [e for e in events if e.ts < c]
-        truth = [e for e in events if c <= e.ts < e_end]
+        history, truth = split_log(args.events, args.cutoff, args.end)
     elif args.history and args.truth:
         history, truth = read_log(args.history)[1], read_log(args.truth)[1]
     else:
         raise SystemExit("give --events, or --history and --truth")
     prices = history_prices(args.events, args.cutoff) if args.events else None
     products = _catalogue(args.items, args.images, prices)
-    base = _apply_sets(get_settings(), args.set)
-    cache = base.embedding_cache or str(REPO_ROOT / ".cache" / "embeddings.sqlite")
-    settings = isolated_run(base, "eval", top_k=args.k, embedding_cache=cache, variants_shadow=True)
-    if settings.image_root is None:
-        images = args.images or Path(args.items).parent
-        settings = settings.model_copy(update={"image_root": images.resolve()})
+    settings = _run_settings(args, variants_shadow=True)
     experiment = from_settings(settings)
     t0 = time.monotonic()
     recs, user_events, vectors, timings = prequential.replay_prequential(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,9 +45,11 @@ def replay_prequential(
         pipe.replay(history, timeout=7200, progress=progress)
         if history:
             pipe.close_days((max(e.ts for e in history) // DAY + 1) * DAY, timeout=3600)
-        days = sorted({int(e.ts // DAY) for e in truth})
-        for day in days:
-            pipe.replay([e for e in truth if int(e.ts // DAY) == day], timeout=3600)
+        days: dict[int, list[Interaction]] = defaultdict(list)
+        for e in truth:
+            days[int(e.ts // DAY)].append(e)
+        for day, events in sorted(days.items()):
+            pipe.replay(events, timeout=3600)
             pipe.close_days((day + 1) * DAY, timeout=3600)
         timings["replay_s"] = time.monotonic() - t0
         t0 = time.monotonic()
