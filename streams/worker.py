@@ -7,7 +7,7 @@ import logging
 import faust
 
 from streams.app import build_app
-from streams.broker import create_topics
+from streams.kafka_admin import create_topics
 from streams.kafka_security import client_kwargs
 from streams.logs import logging_config
 from streams.settings import Settings

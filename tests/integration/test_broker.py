@@ -13,7 +13,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from streams.broker import KafkaBroker, create_topics, find_free_port, list_topics
+from streams.broker import KafkaBroker, find_free_port
+from streams.kafka_admin import create_topics, list_topics
 
 pytestmark = pytest.mark.kafka
 

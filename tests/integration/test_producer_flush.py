@@ -8,7 +8,7 @@ from typing import Any
 import faust
 import pytest
 
-from streams.broker import create_topics
+from streams.kafka_admin import create_topics
 from streams.producer import App
 
 pytestmark = pytest.mark.kafka
