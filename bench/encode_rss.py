@@ -13,8 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from streams.events import ProductUpload
-from streams.harness import Pipeline
 from streams.settings import Settings, isolated_run
+from vrec_tools.harness import Pipeline
 
 
 def _status(pid: int) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/eval_bounds.py [--cache .cache/embeddings.sqlite]
 
-Prints, offline (numpy, the ``tuned`` hybrid of streams.eval.baselines):
+Prints, offline (numpy, the ``tuned`` hybrid of vrec_tools.eval.baselines):
 
 * cold customers: our popularity list, and the best single list in hindsight (the 12 articles
   cold customers bought most in the truth period);
@@ -21,9 +21,9 @@ import collections
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.eval import baselines as B
-from streams.eval.data import dev_split, load_hm
-from streams.eval.metrics import apk, map_at_k
+from vrec_tools.eval import baselines as B
+from vrec_tools.eval.data import dev_split, load_hm
+from vrec_tools.eval.metrics import apk, map_at_k
 
 TARGET_ALL = 0.0170
 DEPTH = 500  # ranking depth the oracles reorder within

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.eval import baselines as B
-from streams.eval.data import dev_split, load_hm
-from streams.eval.metrics import map_at_k
+from vrec_tools.eval import baselines as B
+from vrec_tools.eval.data import dev_split, load_hm
+from vrec_tools.eval.metrics import map_at_k
 
 CATEGORIES = ("product_type_name", "product_group_name", "garment_group_name", "index_group_name")
 MODELS = {  # name -> HistGradientBoostingClassifier parameters

@@ -596,7 +596,7 @@ def add_common_args(p: argparse.ArgumentParser, epochs: int) -> None:
 
 def load_subset(args: argparse.Namespace) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """(image paths, product codes, product_type_name) of the ``--limit`` subset."""
-    from streams.eval.data import DEFAULT_HM_DIR, load_items
+    from vrec_tools.eval.data import DEFAULT_HM_DIR, load_items
 
     items = load_items(args.items if args.items is not None else DEFAULT_HM_DIR)
     all_paths = items.image_paths()

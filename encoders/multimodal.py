@@ -10,7 +10,7 @@ Three measurements over the whole catalogue, for image-only, text-only and fused
 * **neighbours**: for every item, are its nearest neighbours (cosine over fused vectors at text
   weight ``w``; other items of its own product_code left out, since colour variants share a
   title and description) of the same product_type_name? Rate at 1 and precision at 10.
-* **eval**: the ``visual`` baseline of :mod:`streams.eval.baselines` on the dev split (history
+* **eval**: the ``visual`` baseline of :mod:`vrec_tools.eval.baselines` on the dev split (history
   before 2020-09-17, truth 2020-09-17..19) with the catalogue's fused vectors at each ``w``:
   MAP@12 all / warm (``w = 0`` is the image-only baseline). ``--baseline tuned`` runs the tuned
   hybrid of issue 3 instead, its visual signal on the fused vectors.
@@ -197,9 +197,9 @@ def eval_table(
     result also has ``delta_map_warm`` against the first weight with a 95% paired bootstrap
     interval over the warm users (:func:`paired_bootstrap`).
     """
-    from streams.eval.baselines import TUNED, catalogue_prices, hybrid, visual
-    from streams.eval.data import dev_split, load_events, load_items
-    from streams.eval.metrics import apk, evaluate
+    from vrec_tools.eval.baselines import TUNED, catalogue_prices, hybrid, visual
+    from vrec_tools.eval.data import dev_split, load_events, load_items
+    from vrec_tools.eval.metrics import apk, evaluate
 
     if baseline not in EVAL_BASELINES:
         raise ValueError(f"baseline must be one of {EVAL_BASELINES}, not {baseline!r}")
@@ -266,10 +266,10 @@ def visual_per_modality(
     mean): score ``(1 - w) cos(u_image, v_image) + w cos(u_text, v_text)`` where ``u`` are the
     *separately normalised* decayed means; popularity fill, candidates = items with an image.
 
-    Same machinery as :func:`streams.eval.baselines.visual` (its index, top-k and fill helpers),
+    Same machinery as :func:`vrec_tools.eval.baselines.visual` (its index, top-k and fill helpers),
     so at ``w = 0`` it ranks as that baseline does (up to float32 rounding at near-ties).
     """
-    from streams.eval.baselines import _fill, _Index, _to_ids, _topk, popularity_ranking
+    from vrec_tools.eval.baselines import _fill, _Index, _to_ids, _topk, popularity_ranking
 
     ix = _Index.build(history, users, cutoff)
     pop = popularity_ranking(history, 7, ix.cutoff_day)
@@ -337,8 +337,8 @@ def _fmt_rows(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from streams.eval.data import DEFAULT_HM_DIR, DEV_CUTOFF, DEV_END, load_items
     from streams.settings import get_settings
+    from vrec_tools.eval.data import DEFAULT_HM_DIR, DEV_CUTOFF, DEV_END, load_items
 
     from .cache import EmbeddingCache
     from .classify import HeadConfig
@@ -355,7 +355,7 @@ def run_cli(args: argparse.Namespace) -> int:
     model_dir = args.model_dir if args.model_dir is not None else get_settings().model_dir
     t0 = time.perf_counter()
     items = load_items(data)
-    from streams.eval.baselines import catalogue_embeddings
+    from vrec_tools.eval.baselines import catalogue_embeddings
 
     image = catalogue_embeddings(items, args.cache, progress=progress)
     encoder = TextEncoder(ensure_text_model(model_dir), threads=args.threads)

@@ -15,7 +15,7 @@ same label only (a weaker positive; default 0: on H&M, 0.1-0.3 kept more same-ty
 lost most of the colour gain), ``colour_weak`` for the same colour only (default 0) and 0
 otherwise. Items are split by ``--group`` (e.g. ``product_code``): the head never sees the
 held-out products, on which the baseline (the raw embeddings) and the head are compared
-(precision@10 of same label, and of same label + colour, :mod:`streams.eval.catalogue`;
+(precision@10 of same label, and of same label + colour, :mod:`vrec_tools.eval.catalogue`;
 neighbours of the same group left out).
 
 Export: the graph ``pixels (N, 3, 224, 224) -> embedding (N, dim)`` is the base encoder
@@ -174,7 +174,7 @@ def train_head(
     per-epoch mean loss)."""
     import torch
 
-    from streams.eval.catalogue import joint_labels
+    from vrec_tools.eval.catalogue import joint_labels
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -383,7 +383,7 @@ def train_similarity(
 
     Returns the metrics with ``_head`` (the torch head), ``_train`` / ``_test`` (row indices).
     """
-    from streams.eval.catalogue import (
+    from vrec_tools.eval.catalogue import (
         embedded_mask,
         joint_labels,
         nearest_neighbours,
@@ -464,14 +464,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> int:
     """``vrec train similarity``: train, measure, export, check parity; prints the table."""
-    from streams.eval.catalogue import column_map, image_vectors, read_catalogue
+    from vrec_tools.eval.catalogue import column_map, image_vectors, read_catalogue
 
     from .cache import EmbeddingCache
     from .export import ensure_model
 
     log = log or (lambda s: print(s, file=sys.stderr))
-    from streams.eval.data import DEFAULT_HM_DIR
     from streams.settings import get_settings
+    from vrec_tools.eval.data import DEFAULT_HM_DIR
 
     s = get_settings()
     out_dir = args.out if args.out is not None else s.model_dir

@@ -8,7 +8,7 @@ writes ``<sha12>.metrics.json`` next to it.
 
 ``vrec train classify --label COLUMN [--items FILE --map SPEC | --map-file JSON] [--group COL]
 [--split 0.8,0.1,0.1]`` does the same for any column of any catalogue (CSV / JSONL / Parquet,
-read and validated by :mod:`streams.catalogue_import`; default the H&M items and map), split by
+read and validated by :mod:`vrec_tools.catalogue_import`; default the H&M items and map), split by
 the ``--group`` column (else by item), and prints a per-class report. The head fills that label
 (``category`` when the column is the map's category, else the column's name, an attribute of
 the upload) for uploads without it.
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, np.ndarray, float]:
-    from streams.eval.baselines import catalogue_embeddings
-    from streams.eval.data import DEFAULT_HM_DIR, load_items
+    from vrec_tools.eval.baselines import catalogue_embeddings
+    from vrec_tools.eval.data import DEFAULT_HM_DIR, load_items
 
     t0 = time.perf_counter()
     items = load_items(args.items if args.items is not None else DEFAULT_HM_DIR)
@@ -130,7 +130,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, np.ndarray, float]:
 
 
 def _head_items(items: Any, n: int) -> Any:
-    from streams.eval.data import Items
+    from vrec_tools.eval.data import Items
 
     return Items(
         root=items.root,
@@ -318,7 +318,7 @@ def load_labelled(
     """(image paths, labels, groups, skipped counts) of a catalogue's valid rows that have a
     label and an image file. ``label`` / ``group``: a column of the file or a field /
     attribute of the map; without ``group`` every item is its own group."""
-    from streams.catalogue_import import plan_import
+    from vrec_tools.catalogue_import import plan_import
 
     plan = plan_import(path, cmap, limit=limit, check_images=True)
     skipped = dict(plan.by_reason())
@@ -339,7 +339,7 @@ def load_labelled(
 
 def _value(accepted: Any, cmap: Any, name: str) -> str | None:
     """A row's value of ``name``: the column of that name, else the mapped field / attribute."""
-    from streams.catalogue_import import _text
+    from vrec_tools.catalogue_import import _text
 
     if name in accepted.values:
         text = _text(accepted.values[name])
@@ -366,9 +366,9 @@ def label_field(cmap: Any, label: str) -> str:
 def _classify_label(args: argparse.Namespace) -> int:
     from encoders import ImageEncoder, ensure_model
     from encoders.cache import EmbeddingCache, embed_catalogue
-    from streams.catalogue_import import HM_MAP, column_map
-    from streams.eval.data import DEFAULT_HM_DIR
     from streams.settings import get_settings
+    from vrec_tools.catalogue_import import HM_MAP, column_map
+    from vrec_tools.eval.data import DEFAULT_HM_DIR
 
     settings = get_settings()
     out_dir = args.out if args.out is not None else settings.model_dir

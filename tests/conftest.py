@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from streams.broker import KafkaBroker, ensure_jars, find_free_port
 from streams.kafka_admin import list_topics
 from streams.procs import install_stop_handlers
+from vrec_tools.broker import KafkaBroker, ensure_jars, find_free_port
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.replay import read_hm_items, read_log
 from streams.settings import REPO_ROOT
+from vrec_tools.replay import read_hm_items, read_log
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 

@@ -13,8 +13,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from streams.broker import KafkaBroker, find_free_port
 from streams.kafka_admin import create_topics, list_topics
+from vrec_tools.broker import KafkaBroker, find_free_port
 
 pytestmark = pytest.mark.kafka
 

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from streams.broker import find_free_port
 from streams.events import Interaction, ProductUpload, Recommendation
-from streams.harness import Pipeline
-from streams.replay import read_hm_items, read_log
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.broker import find_free_port
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import read_hm_items, read_log
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 # Set VREC_SCREENSHOT=docs/screenshots/user_page.png to refresh the committed screenshot.

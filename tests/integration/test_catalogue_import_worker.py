@@ -12,9 +12,9 @@ import pytest
 
 from encoders.classify import CategoryClassifier
 from encoders.train import main as train_main
-from streams.catalogue_import import Accepted, load_map_file, plan_import, send_import
-from streams.harness import Pipeline
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.catalogue_import import Accepted, load_map_file, plan_import, send_import
+from vrec_tools.harness import Pipeline
 
 SHOP = REPO_ROOT / "tests" / "fixtures" / "other_shop"
 

@@ -12,9 +12,9 @@ import pytest
 from encoders import ImageEncoder, ensure_model, load_image
 from encoders.classify import CategoryClassifier, HeadConfig
 from encoders.train import run_classify
-from streams.harness import Pipeline
-from streams.replay import read_hm_items
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import read_hm_items
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 

@@ -28,8 +28,8 @@ from encoders.classify import (
 )
 from encoders.train import main as train_main
 from encoders.train import run_classify
-from streams.eval.data import load_items
 from streams.settings import get_settings
+from vrec_tools.eval.data import load_items
 
 pytestmark = pytest.mark.model
 

@@ -24,7 +24,6 @@ from reference import RefConfig, check_recommendations, folded_events
 from test_pipeline import _final_state, catalogue, make_settings, progress
 
 from streams.events import Interaction
-from streams.harness import Pipeline
 from streams.tables import (
     parse_active_key,
     parse_copurchase_key,
@@ -32,6 +31,7 @@ from streams.tables import (
     parse_trending_key,
     parse_trending_value,
 )
+from vrec_tools.harness import Pipeline
 
 pytestmark = [pytest.mark.crash, pytest.mark.timeout(1800)]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from streams import cli
-from streams.harness import Pipeline, settings_env
-from streams.replay import read_hm_items, read_log
 from streams.settings import REPO_ROOT, Settings, get_settings, isolated_run
+from vrec_tools import cli
+from vrec_tools.harness import Pipeline, settings_env
+from vrec_tools.replay import read_hm_items, read_log
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streams.harness import Pipeline
-from streams.replay import read_hm_items
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import read_hm_items
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 MAX_IMAGE_BYTES = 150_000

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from streams.events import ItemEmbedding, encode_vector
-from streams.harness import Pipeline
-from streams.replay import Replayer, read_hm_items
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import Replayer, read_hm_items
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 PRODUCER_LIMIT = 1_000_000

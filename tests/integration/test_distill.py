@@ -16,7 +16,7 @@ import pytest
 from encoders import ImageEncoder, load_image
 from encoders.distill import build_student, select_rows
 from encoders.train import main as train_main
-from streams.eval.data import load_items
+from vrec_tools.eval.data import load_items
 
 pytestmark = pytest.mark.model
 

@@ -13,10 +13,10 @@ from collections import defaultdict
 
 import pytest
 
-from streams.eval import cli as eval_cli
 from streams.events import Recommendation
-from streams.replay import read_log, read_topic, write_jsonl
 from streams.settings import REPO_ROOT, Settings, TopicNames, get_settings
+from vrec_tools.eval import cli as eval_cli
+from vrec_tools.replay import read_log, read_topic, write_jsonl
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 

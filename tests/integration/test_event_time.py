@@ -13,7 +13,7 @@ from test_pipeline import check_against_reference, replay_all
 from test_pipeline_hybrid import hybrid_settings
 
 from streams.events import Interaction
-from streams.harness import Pipeline
+from vrec_tools.harness import Pipeline
 
 pytestmark = pytest.mark.timeout(900)
 

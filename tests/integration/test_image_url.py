@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.harness import Pipeline
-from streams.replay import read_hm_items
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import read_hm_items
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 

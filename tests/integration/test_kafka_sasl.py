@@ -12,14 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.broker import KafkaBroker, ensure_jars, find_free_port
 from streams.events import Interaction
-from streams.harness import Pipeline
 from streams.kafka_admin import BrokerError, create_topics
 from streams.kafka_security import KafkaAuthenticationError, client_kwargs
-from streams.replay import Replayer, read_hm_items, read_topic
 from streams.settings import REPO_ROOT, KafkaSecurity, Settings, isolated_run
 from streams.worker import prepare_topics
+from vrec_tools.broker import KafkaBroker, ensure_jars, find_free_port
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import Replayer, read_hm_items, read_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -48,9 +48,9 @@ def fixture_folder(tmp: Path) -> tuple[Path, str, str]:
 
 
 def test_multimodal_command_on_the_fixture(tmp_path: Path) -> None:
-    from streams.eval.baselines import catalogue_embeddings, visual
-    from streams.eval.data import dev_split, load_hm
-    from streams.eval.metrics import evaluate
+    from vrec_tools.eval.baselines import catalogue_embeddings, visual
+    from vrec_tools.eval.data import dev_split, load_hm
+    from vrec_tools.eval.metrics import evaluate
 
     folder, cutoff, end = fixture_folder(tmp_path)
     out = tmp_path / "mm.json"

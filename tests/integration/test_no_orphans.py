@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import find_free_port
 from streams.procs import pid_alive
 from streams.settings import REPO_ROOT
+from vrec_tools.broker import find_free_port
 
 pytestmark = pytest.mark.kafka  # starts real brokers (not the session one)
 
@@ -82,8 +82,8 @@ def _assert_gone(pids: list[int], within: float, log: Path) -> float:
     pytest.fail(f"children {left} outlived their parent:\n{log.read_text()[-3000:]}")
 
 
-VREC = [sys.executable, "-m", "streams.cli"]
-BROKER_AND_WORKER = ("kafka.Kafka", "streams.cli worker")
+VREC = [sys.executable, "-m", "vrec_tools.cli"]
+BROKER_AND_WORKER = ("kafka.Kafka", "vrec_tools.cli worker")
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 
 

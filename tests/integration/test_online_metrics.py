@@ -16,12 +16,12 @@ from pydantic import SecretStr
 from test_pipeline import catalogue
 from test_web import Http, wait_for
 
-from streams.broker import find_free_port
-from streams.eval.online import score_events
-from streams.eval.report import counter_table, markdown, parse_counters
 from streams.experiment import Experiment
-from streams.harness import Pipeline
 from streams.settings import Settings, isolated_run
+from vrec_tools.broker import find_free_port
+from vrec_tools.eval.online import score_events
+from vrec_tools.eval.report import counter_table, markdown, parse_counters
+from vrec_tools.harness import Pipeline
 
 pytestmark = pytest.mark.timeout(900)
 DAY = 86_400.0

@@ -24,9 +24,9 @@ from reference import (
 )
 
 from streams.events import Interaction, Recommendation
-from streams.harness import Pipeline
 from streams.settings import Settings, isolated_run
 from streams.userstate import UserState
+from vrec_tools.harness import Pipeline
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_pipeline import check_against_reference, one_per_event, replay_all
 
-from streams.harness import Pipeline
 from streams.settings import Settings, isolated_run
+from vrec_tools.harness import Pipeline
 
 pytestmark = pytest.mark.timeout(900)
 

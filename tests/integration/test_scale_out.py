@@ -12,9 +12,9 @@ import pytest
 from reference import RefConfig, check_recommendations, folded_events
 from test_pipeline import catalogue, check_against_reference, event_recs, replay_all
 
-from streams.harness import Pipeline, WorkerProcess
-from streams.replay import read_hm_items, read_log
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.harness import Pipeline, WorkerProcess
+from vrec_tools.replay import read_hm_items, read_log
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 

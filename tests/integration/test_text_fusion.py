@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from encoders.text import TextEncoder, ensure_text_model, upload_text
-from streams.broker import find_free_port
-from streams.harness import Pipeline
-from streams.replay import read_hm_items
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.broker import find_free_port
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import read_hm_items
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 W = 0.5

@@ -30,11 +30,11 @@ from PIL import Image, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from streams.broker import find_free_port
 from streams.events import Interaction, ProductUpload, Recommendation
-from streams.harness import Pipeline
-from streams.replay import read_hm_items, read_log
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.broker import find_free_port
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import read_hm_items, read_log
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 N_EVENTS = 200

@@ -13,10 +13,10 @@ import pytest
 from pydantic import SecretStr
 from test_web import Http, wait_for  # noqa: I001 - the sibling test module (rootdir-less import)
 
-from streams.broker import find_free_port
-from streams.harness import Pipeline
-from streams.replay import read_hm_items
 from streams.settings import REPO_ROOT, Settings, isolated_run
+from vrec_tools.broker import find_free_port
+from vrec_tools.harness import Pipeline
+from vrec_tools.replay import read_hm_items
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 TOKEN = "s3cret-token"

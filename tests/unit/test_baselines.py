@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.eval.baselines import (
+from vrec_tools.eval.baselines import (
     TUNED,
     HybridWeights,
     catalogue_prices,
@@ -18,7 +18,7 @@ from streams.eval.baselines import (
     repurchase,
     visual,
 )
-from streams.eval.data import Events, day_number, dev_split, load_events, load_items
+from vrec_tools.eval.data import Events, day_number, dev_split, load_events, load_items
 
 CUT = "2020-01-10"
 

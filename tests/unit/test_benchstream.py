@@ -1,4 +1,4 @@
-"""streams.benchstream: the synthetic shop stream and the benchmark's pure helpers."""
+"""vrec_tools.benchstream: the synthetic shop stream and the benchmark's pure helpers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from streams.benchstream import (
+from streams.events import Interaction
+from vrec_tools.benchstream import (
     DAY,
     customer_baskets,
     due,
@@ -17,7 +18,6 @@ from streams.benchstream import (
     split_counts,
     synthetic_log,
 )
-from streams.events import Interaction
 
 T0 = 1_600_000_000.0
 

@@ -1,4 +1,4 @@
-"""streams.catalogue_import without Kafka: column maps, row validation, the fixture catalogue in
+"""vrec_tools.catalogue_import without Kafka: column maps, row validation, the fixture catalogue in
 CSV / JSONL / Parquet, the H&M preset behind read_hm_items, dead letters of refused rows."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.catalogue_import import (
+from streams.events import DeadLetter, ProductUpload
+from streams.settings import REPO_ROOT
+from vrec_tools.catalogue_import import (
     HM_MAP,
     Accepted,
     CatalogueError,
@@ -26,9 +28,7 @@ from streams.catalogue_import import (
     summary,
     validate_rows,
 )
-from streams.events import DeadLetter, ProductUpload
-from streams.replay import read_hm_items
-from streams.settings import REPO_ROOT
+from vrec_tools.replay import read_hm_items
 
 SHOP = REPO_ROOT / "tests" / "fixtures" / "other_shop"
 HM_SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
@@ -256,7 +256,7 @@ def test_refusal_letter() -> None:
 
 
 def test_validate_rows_yields_in_file_order() -> None:
-    from streams.catalogue_import import read_rows
+    from vrec_tools.catalogue_import import read_rows
 
     _, rows = read_rows(SHOP / "catalogue.csv")
     out = list(validate_rows(SHOP / "catalogue.csv", rows, load_map_file(SHOP / "mapping.json")))

@@ -26,8 +26,8 @@ from streams.agents.replica import decode_item
 from streams.catalogue import Catalogue
 from streams.deadletters import bound_letter, describe
 from streams.events import Interaction, ItemEmbedding, ProductUpload, Tick, encode_vector
-from streams.replay import read_hm_events, read_hm_items, read_jsonl
 from streams.userbatch import parse_user_event
+from vrec_tools.replay import read_hm_events, read_hm_items, read_jsonl
 
 FAST = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -163,7 +163,7 @@ def test_settings_roles_are_validated():
 
 
 def test_settings_roles_travel_to_workers(monkeypatch):
-    from streams.harness import settings_env
+    from vrec_tools.harness import settings_env
 
     env = settings_env(Settings(roles="encode"))
     assert env["VREC_ROLES"] == "encode"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.eval.catalogue import (
+from vrec_tools.eval.catalogue import (
     classifier_top1,
     column_map,
     coverage,
@@ -131,8 +131,8 @@ def test_cli_on_hm_sample_writes_json_markdown_and_grid(tmp_path: Path) -> None:
 
 
 def test_fused_precision_uses_the_text_vectors() -> None:
-    from streams.catalogue_import import HM_MAP
-    from streams.eval.catalogue import Catalogue, catalogue_report
+    from vrec_tools.catalogue_import import HM_MAP
+    from vrec_tools.eval.catalogue import Catalogue, catalogue_report
 
     labels = ["a", "b"] * 12  # 11 same-label others per item: room for 10 neighbours
     rows = [{"t": lab, "c": "black"} for lab in labels]

@@ -26,8 +26,8 @@ from streams.events import (
     encode_vector,
     to_epoch,
 )
-from streams.harness import settings_env
 from streams.settings import Settings
+from vrec_tools.harness import settings_env
 
 # 2024-01-02T03:04:05Z = 1704153600 (2024-01-02 00:00 UTC) + 3*3600 + 4*60 + 5
 T_2024_01_02 = 1_704_153_600.0

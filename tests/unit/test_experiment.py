@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 from test_userbatch import ITEMS, PARTITION, Tables, _catalogue, _part, _records, _settings
 
-from streams.eval.online import paired_difference, score_events, summarise, wilson
 from streams.experiment import Experiment, Variant, variant_settings
 from streams.recommend import variant_configs
 from streams.userbatch import FoldConfig, process_batch, ranking_for
+from vrec_tools.eval.online import paired_difference, score_events, summarise, wilson
 
 IDS = [f"user-{n}" for n in range(100_000)]
 
@@ -106,7 +106,7 @@ def test_wilson_and_summary():
     lo, hi = wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     assert wilson(0, 0) == (0.0, 0.0)
-    from streams.eval.online import ScoredEvent
+    from vrec_tools.eval.online import ScoredEvent
 
     rows = [
         ScoredEvent("u", f"e{n}", 0.0, "view", "A", "event", "hybrid", n % 3, 12) for n in range(9)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from streams.eval.metrics import (
+from vrec_tools.eval.metrics import (
     apk,
     coverage,
     evaluate,

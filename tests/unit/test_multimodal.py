@@ -82,8 +82,8 @@ def test_paired_bootstrap_interval() -> None:
 
 def test_visual_per_modality_ranks_by_each_modality() -> None:
     from encoders.multimodal import visual_per_modality
-    from streams.eval.baselines import visual
-    from streams.eval.data import Events
+    from vrec_tools.eval.baselines import visual
+    from vrec_tools.eval.data import Events
 
     ids = [f"a{i}" for i in range(6)]
     # a0 is bought; a1 looks like it, a2 reads like it, a5 has no image (never a candidate)

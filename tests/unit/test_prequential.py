@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams.eval.online import paired_difference, score_events
-from streams.eval.prequential import prequential_report
 from streams.events import Interaction, RecItem, Recommendation
+from vrec_tools.eval.online import paired_difference, score_events
+from vrec_tools.eval.prequential import prequential_report
 
 
 def _event(offset, user, item, eid, kind="purchase", partition=0):
@@ -82,7 +82,7 @@ def test_shadow_lists_are_paired_by_event():
 
 
 def test_batch_metrics_per_variant_with_intervals():
-    from streams.eval.metrics import bootstrap_ci, by_variant
+    from vrec_tools.eval.metrics import bootstrap_ci, by_variant
 
     truth = {f"u{n}": {"a"} for n in range(40)}
     predictions = {f"u{n}": (["a"] if n % 2 == 0 else ["b"]) for n in range(40)}

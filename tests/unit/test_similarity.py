@@ -53,7 +53,7 @@ def test_head_learns_colour_on_synthetic_vectors() -> None:
     cfg = SimilarityConfig(dim=8, hidden=32, epochs=40, batch_size=128, weak=0.0, lr=3e-3)
     head, history = train_head(x, labels, colours, cfg)
     assert history[-1]["loss"] < history[0]["loss"]
-    from streams.eval.catalogue import joint_labels, nearest_neighbours, precision_at_k
+    from vrec_tools.eval.catalogue import joint_labels, nearest_neighbours, precision_at_k
 
     both = joint_labels(labels, colours)
     before = precision_at_k(nearest_neighbours(x, 10)[0], both)

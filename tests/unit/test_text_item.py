@@ -68,8 +68,8 @@ def test_replayed_hm_products_carry_the_catalogue_text() -> None:
     """An H&M catalogue replayed as uploads gets the same text vector input as offline rows."""
     import csv
 
-    from streams.replay import read_hm_items
     from streams.settings import REPO_ROOT
+    from vrec_tools.replay import read_hm_items
 
     path = REPO_ROOT / "tests" / "fixtures" / "hm_sample" / "items.csv"
     with open(path, newline="") as f:

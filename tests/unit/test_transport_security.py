@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import faust
 import pytest
 
-from streams.harness import settings_env
 from streams.kafka_security import (
     KafkaSecurityError,
     client_kwargs,
@@ -24,6 +23,7 @@ from streams.kafka_security import (
 from streams.procs import Terminated, signals_as_interrupt
 from streams.settings import KafkaSecurity, Settings
 from streams.store import open_store
+from vrec_tools.harness import settings_env
 
 
 @pytest.fixture

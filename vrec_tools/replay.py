@@ -57,10 +57,10 @@ def _why(exc: BaseException) -> str:
 
 def read_hm_items(items_csv: Path, limit: int | None = None) -> list[ProductUpload]:
     """H&M articles as product uploads through the catalogue import's ``hm`` column map
-    (streams.catalogue_import); image paths made absolute (relative to the CSV).
+    (vrec_tools.catalogue_import); image paths made absolute (relative to the CSV).
 
     A bad row or file is a ValueError naming the file and line."""
-    from streams.catalogue_import import HM_MAP, read_products
+    from vrec_tools.catalogue_import import HM_MAP, read_products
 
     return read_products(Path(items_csv), HM_MAP, limit=limit)
 

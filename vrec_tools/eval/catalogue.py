@@ -5,7 +5,7 @@
                         [--model ONNX] [--text-weight W]
 
 The file (CSV / TSV / JSONL / Parquet, image paths relative to its folder) and the column map
-(default: the H&M preset) are read with :mod:`streams.catalogue_import`. It measures:
+(default: the H&M preset) are read with :mod:`vrec_tools.catalogue_import`. It measures:
 
 * ``coverage``: items whose image decoded and embedded / all items;
 * ``precision_at_10``: for every embedded item, the share of its 10 nearest visual neighbours
@@ -61,7 +61,7 @@ K = 10
 @dataclass(frozen=True)
 class Catalogue:
     """Readable rows of a catalogue file: ids, image paths (``None`` when empty), the rows
-    (values as str) and the column map (:class:`streams.catalogue_import.ColumnMap`)."""
+    (values as str) and the column map (:class:`vrec_tools.catalogue_import.ColumnMap`)."""
 
     path: Path
     ids: list[str]
@@ -96,8 +96,8 @@ class Catalogue:
 
 def column_map(spec: str | None = None, map_file: Path | None = None) -> Any:
     """The column map of ``--map`` (``field=column,...`` or ``hm``) or ``--map-file``, parsed
-    by :mod:`streams.catalogue_import`; the H&M preset when neither is given."""
-    from streams.catalogue_import import HM_MAP, load_map_file, parse_map
+    by :mod:`vrec_tools.catalogue_import`; the H&M preset when neither is given."""
+    from vrec_tools.catalogue_import import HM_MAP, load_map_file, parse_map
 
     if spec and map_file:
         raise ValueError("give --map or --map-file, not both")
@@ -107,9 +107,9 @@ def column_map(spec: str | None = None, map_file: Path | None = None) -> Any:
 
 
 def read_catalogue(path: str | Path, cmap: Any) -> Catalogue:
-    """Read a CSV / TSV / JSONL / Parquet catalogue (:func:`streams.catalogue_import.read_rows`);
+    """Read a CSV / TSV / JSONL / Parquet catalogue (:func:`vrec_tools.catalogue_import.read_rows`);
     image paths resolve relative to the file's folder. Unreadable rows are left out."""
-    from streams.catalogue_import import read_rows
+    from vrec_tools.catalogue_import import read_rows
 
     path = Path(path)
     _, source = read_rows(path)

@@ -21,7 +21,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from streams.broker import broker_cli
+    from vrec_tools.broker import broker_cli
 
     return broker_cli(args.rest)
 
@@ -34,8 +34,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from streams.replay import Replayer, read_hm_items, read_log
     from streams.worker import prepare_topics
+    from vrec_tools.replay import Replayer, read_hm_items, read_log
 
     settings = get_settings()
     prepare_topics(settings)
@@ -60,7 +60,7 @@ def _cmd_tick(args: argparse.Namespace) -> int:
     import time
 
     from streams.events import to_epoch
-    from streams.replay import Replayer
+    from vrec_tools.replay import Replayer
 
     settings = get_settings()
     ts = to_epoch(args.ts) if args.ts else time.time()
@@ -74,7 +74,7 @@ def _cmd_tick(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from vrec_tools.demo import run_demo
 
     return run_demo(
         items=args.items or SAMPLE / "items.csv",
@@ -97,9 +97,9 @@ def _passthrough(module: str):
 def _cmd_bench(args: argparse.Namespace) -> int:
     targets = {
         "encoder": "encoders.bench",
-        "pipeline": "streams.bench",
-        "stream": "streams.benchstream:main_stream",
-        "scale": "streams.benchstream:main_scale",
+        "pipeline": "vrec_tools.bench",
+        "stream": "vrec_tools.benchstream:main_stream",
+        "scale": "vrec_tools.benchstream:main_scale",
     }
     if not args.rest or args.rest[0] not in targets:
         print(f"usage: vrec bench {{{','.join(targets)}}} [options]")
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "catalogue", help="import a shop's catalogue: CSV / JSONL / Parquet", add_help=False
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_passthrough("streams.catalogue_import"))
+    p.set_defaults(func=_passthrough("vrec_tools.catalogue_import"))
 
     p = sub.add_parser("tick", help="clock mark: close the days before TS (default: now)")
     p.add_argument("ts", nargs="?", help="epoch seconds or ISO date, e.g. 2020-09-17")
@@ -156,13 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="replay evaluation through the live pipeline", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_passthrough("streams.eval.cli"))
+    p.set_defaults(func=_passthrough("vrec_tools.eval.cli"))
 
     p = sub.add_parser(
         "report", help="online quality per variant (worker counters or topics)", add_help=False
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_passthrough("streams.eval.report"))
+    p.set_defaults(func=_passthrough("vrec_tools.eval.report"))
 
     p = sub.add_parser("demo", help="broker + worker + sample catalogue + replay, then show recs")
     p.add_argument("--items", type=Path, help=f"default: {SAMPLE / 'items.csv'}")

@@ -4,7 +4,7 @@ The batch protocol scores the list each customer has at the cut-off against ever
 buy in the truth days. The prequential protocol is its streaming counterpart: the history and
 then the truth days go through the live pipeline (a clock mark closes each day, as a scheduler
 would at midnight), and each truth purchase is scored against the newest list published to its
-user before the worker folded it (:func:`streams.eval.online.score_events`). With an experiment
+user before the worker folded it (:func:`vrec_tools.eval.online.score_events`). With an experiment
 (``VREC_VARIANTS``) the worker runs in shadow mode, so every variant ranks every user and the
 variants are compared on the same events: per-variant hit rate and MRR with intervals, and
 paired differences against the first variant with a bootstrap over customers.
@@ -18,9 +18,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from streams.eval.online import list_quality, paired_difference, score_events, summarise
 from streams.events import Interaction, Recommendation
 from streams.settings import Settings
+from vrec_tools.eval.online import list_quality, paired_difference, score_events, summarise
 
 DAY = 86_400.0
 
@@ -34,7 +34,7 @@ def replay_prequential(
 ):
     """Run the pipeline over history then truth (a clock mark after each day of the truth);
     return (recommendations, user-events records, item vectors, timings)."""
-    from streams.harness import Pipeline, local_broker
+    from vrec_tools.harness import Pipeline, local_broker
 
     timings: dict[str, float] = {}
     with local_broker(settings), Pipeline(settings) as pipe:

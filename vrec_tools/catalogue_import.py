@@ -530,7 +530,7 @@ def read_products(
     path: Path, cmap: ColumnMap, limit: int | None = None, check_images: bool = False
 ) -> list[ProductUpload]:
     """The uploads of a catalogue file; the first refused row is a ValueError naming the file
-    and line (the strict reader behind ``streams.replay.read_hm_items``)."""
+    and line (the strict reader behind ``vrec_tools.replay.read_hm_items``)."""
     columns, rows = read_rows(Path(path))
     check_columns(Path(path), columns, cmap)
     out: list[ProductUpload] = []
@@ -564,7 +564,7 @@ def refusal_letter(refusal: Refusal) -> tuple[bytes, bytes | None]:
 
 def send_import(replayer: Any, plan: ImportPlan, progress: bool = False) -> int:
     """Publish the refused rows as dead letters, then the accepted uploads; returns how many
-    uploads were sent (``replayer``: a :class:`streams.replay.Replayer`)."""
+    uploads were sent (``replayer``: a :class:`vrec_tools.replay.Replayer`)."""
     for refusal in plan.refused:
         value, key = refusal_letter(refusal)
         replayer.send_raw("dead_letters", value, key=key)
@@ -633,9 +633,9 @@ def main(argv: list[str] | None = None) -> int:
         print(refusal.message, file=sys.stderr)
     sent = None
     if not args.dry_run:
-        from streams.replay import Replayer
         from streams.settings import get_settings
         from streams.worker import prepare_topics
+        from vrec_tools.replay import Replayer
 
         settings = get_settings()
         prepare_topics(settings)

@@ -345,7 +345,7 @@ class KafkaBroker:
         return {k: str(v) for k, v in props.items()}
 
     def _write_properties(self) -> None:
-        lines = ["# written by streams/broker.py; rewritten on every start"]
+        lines = ["# written by vrec_tools/broker.py; rewritten on every start"]
         for key, value in self.server_properties().items():
             lines.append(f"{key}={value.replace(chr(92), chr(92) * 2)}")
         self.properties_path.write_text("\n".join(lines) + "\n")

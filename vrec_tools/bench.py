@@ -19,8 +19,8 @@ SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streams.harness import Pipeline, local_broker
-    from streams.replay import read_hm_items, read_log
+    from vrec_tools.harness import Pipeline, local_broker
+    from vrec_tools.replay import read_hm_items, read_log
 
     ap = argparse.ArgumentParser(prog="vrec bench pipeline")
     ap.add_argument("--items", type=Path, default=SAMPLE / "items.csv")

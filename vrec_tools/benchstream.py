@@ -488,7 +488,7 @@ def bench_settings(args: argparse.Namespace, kind: str) -> Settings:
 
 def load_inputs(args: argparse.Namespace):
     """(products, real purchases of catalogue items, catalogue ids)."""
-    from streams.replay import read_hm_items, read_log
+    from vrec_tools.replay import read_hm_items, read_log
 
     products = read_hm_items(args.items)
     catalogue = {p.item_id for p in products}
@@ -501,7 +501,7 @@ def load_inputs(args: argparse.Namespace):
 def running(settings: Settings, keep_topics: bool = False) -> Iterator[Any]:
     """A broker (started if none answers), a worker and a Pipeline driving it; the run's
     topics are deleted afterwards unless ``keep_topics``."""
-    from streams.harness import Pipeline, local_broker
+    from vrec_tools.harness import Pipeline, local_broker
 
     with local_broker(settings):
         try:
@@ -519,7 +519,7 @@ def running(settings: Settings, keep_topics: bool = False) -> Iterator[Any]:
 def extra_workers(settings: Settings, workers: int) -> Iterator[list[Any]]:
     """``workers - 1`` more worker processes in the same consumer group (their own data
     folders: each holds its own Qdrant Edge replica)."""
-    from streams.harness import WorkerProcess
+    from vrec_tools.harness import WorkerProcess
 
     procs = []
     try:
@@ -701,12 +701,11 @@ def ranking_side_by_side(
 ) -> dict[str, Any]:
     """The same events in-process, no Kafka: the batched fold + rank of streams.userbatch
     against the pre-rewrite per-event path (fold one event, rank with
-    :func:`streams.legacy_ranking.legacy_hybrid`) for a sample of users at the final state.
+    :func:`vrec_tools.legacy_ranking.legacy_hybrid`) for a sample of users at the final state.
 
     Also counts how many of those users get the same list (ids in order) from both rankers.
     """
     from streams.catalogue import Catalogue
-    from streams.legacy_ranking import legacy_hybrid
     from streams.ranking import Trending
     from streams.ranking.copurchase import CoPurchase
     from streams.recommend import RankConfig, rank_states
@@ -719,6 +718,7 @@ def ranking_side_by_side(
         rank_context,
     )
     from streams.userstate import UserState
+    from vrec_tools.legacy_ranking import legacy_hybrid
 
     cat = Catalogue()
     for item_id, emb in embeddings.items():
@@ -1061,7 +1061,7 @@ def _recovery(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streams.benchstream stream|scale [options]``."""
+    """``python -m vrec_tools.benchstream stream|scale [options]``."""
     argv = list(argv or [])
     commands = {"stream": main_stream, "scale": main_scale}
     if not argv or argv[0] not in commands:

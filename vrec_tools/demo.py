@@ -10,8 +10,8 @@ from streams.settings import get_settings, isolated_run
 
 
 def run_demo(items: Path, log: Path, users: int = 3) -> int:
-    from streams.harness import Pipeline, local_broker
-    from streams.replay import read_hm_items, read_log
+    from vrec_tools.harness import Pipeline, local_broker
+    from vrec_tools.replay import read_hm_items, read_log
 
     settings = isolated_run(get_settings(), "demo")
     if settings.image_root is None:  # the worker reads the catalogue's images, nothing else

@@ -26,16 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.eval.metrics import by_variant
 from streams.experiment import from_settings
 from streams.settings import REPO_ROOT, Settings, get_settings, isolated_run
+from vrec_tools.eval.metrics import by_variant
 
 METRICS = ("map", "hr", "recall", "ndcg")
 
 
 def read_truth(path: Path) -> dict[str, set[str]]:
     """customer -> articles bought (H&M CSV or vrec JSONL purchases)."""
-    from streams.replay import read_log
+    from vrec_tools.replay import read_log
 
     _, events = read_log(path)
     truth: dict[str, set[str]] = defaultdict(set)
@@ -47,7 +47,7 @@ def read_truth(path: Path) -> dict[str, set[str]]:
 
 def split_log(path: Path, cutoff: str, end: str):
     """H&M events.csv split by day: (history events, truth events from cutoff to end)."""
-    from streams.replay import read_hm_events
+    from vrec_tools.replay import read_hm_events
 
     events = read_hm_events(path)
     c = _day_ts(cutoff)
@@ -85,9 +85,10 @@ def _day_ts(day: str) -> float:
 
 def history_prices(events: Path, cutoff: str) -> dict[str, float]:
     """article_id -> median price paid before ``cutoff`` (the products' catalogue price; H&M's
-    articles table has none). The same values as :func:`streams.eval.baselines.catalogue_prices`."""
-    from streams.eval.baselines import catalogue_prices
-    from streams.eval.data import load_events
+    articles table has none). The same values as
+    :func:`vrec_tools.eval.baselines.catalogue_prices`."""
+    from vrec_tools.eval.baselines import catalogue_prices
+    from vrec_tools.eval.data import load_events
 
     log = load_events(events)
     prices = catalogue_prices(log, cutoff)
@@ -95,7 +96,7 @@ def history_prices(events: Path, cutoff: str) -> dict[str, float]:
 
 
 def _catalogue(items: Path, images: Path | None, prices: dict[str, float] | None = None):
-    from streams.replay import read_hm_items
+    from vrec_tools.replay import read_hm_items
 
     products = read_hm_items(items)
     if prices:
@@ -126,7 +127,7 @@ def live_predictions(settings: Settings, products, history, progress: bool = Tru
     """Run the pipeline; return (last list per user, trending list, latencies s, timings)."""
     from streams.events import Recommendation
     from streams.experiment import from_settings
-    from streams.harness import Pipeline, local_broker
+    from vrec_tools.harness import Pipeline, local_broker
 
     experiment = from_settings(settings)
     own = experiment.assign if experiment is not None else None
@@ -253,10 +254,10 @@ def plot(metrics: dict, path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streams.eval.metrics import evaluate
+    from vrec_tools.eval.metrics import evaluate
 
     if argv and argv[0] == "catalogue":  # vrec eval catalogue: no interactions needed
-        from streams.eval.catalogue import main as catalogue_main
+        from vrec_tools.eval.catalogue import main as catalogue_main
 
         return catalogue_main(argv[1:])
     ap = argparse.ArgumentParser(prog="vrec eval", description=__doc__.split("\n\n")[0])
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("batch", "prequential"),
         default="batch",
         help="batch: the lists at the cut-off against the truth days; prequential: each truth "
-        "event against the list its user had just before it (streams/eval/prequential.py)",
+        "event against the list its user had just before it (vrec_tools/eval/prequential.py)",
     )
     args = ap.parse_args(argv)
     if args.protocol == "prequential":
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.events:
         history, truth = split_events(args.events, args.cutoff, args.end)
     elif args.history and args.truth:
-        from streams.replay import read_log
+        from vrec_tools.replay import read_log
 
         history = read_log(args.history)[1]
         truth = read_truth(args.truth)
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate(predictions, truth, warm, k=args.k, catalogue_size=len(products))
         return _write(args, metrics, extra, predictions)
     if args.baseline:  # offline, on the same split of the same H&M folder
-        from streams.eval.baselines import run_baselines
+        from vrec_tools.eval.baselines import run_baselines
 
         if not args.events:
             raise SystemExit("--baseline works on an H&M folder: give --events")
@@ -350,9 +351,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prequential(args) -> int:
     """Replay history and truth through the live pipeline; score each truth event."""
-    from streams.eval import prequential
     from streams.experiment import from_settings
-    from streams.replay import read_log
+    from vrec_tools.eval import prequential
+    from vrec_tools.replay import read_log
 
     if args.events:
         history, truth = split_log(args.events, args.cutoff, args.end)

@@ -1,6 +1,6 @@
 """Offline baselines on an event history (numpy; no Kafka, no vector store).
 
-Every baseline takes the training ``history`` (:class:`~streams.eval.data.Events`, all before
+Every baseline takes the training ``history`` (:class:`~vrec_tools.eval.data.Events`, all before
 the cutoff) and the customers to recommend for, and returns ``{customer_id: [article_id] * k}``
 for *every* requested customer: customers without (usable) history get the popularity list, and
 short personal lists are filled with popular items they do not already have.
@@ -741,7 +741,7 @@ def format_table(results: dict[str, dict[str, float | int]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m streams.eval.baselines", description="Offline baselines on the dev split"
+        prog="python -m vrec_tools.eval.baselines", description="Offline baselines on the dev split"
     )
     parser.add_argument("--baseline", default="all", choices=(*BASELINES, "all"))
     parser.add_argument("--data", type=Path, default=DEFAULT_HM_DIR)

@@ -24,8 +24,8 @@ from pydantic import SecretStr
 from streams.events import DeadLetter, Interaction, ItemEmbedding, ProductUpload, Recommendation
 from streams.kafka_security import client_kwargs
 from streams.procs import die_with_parent
-from streams.replay import Record, Replayer, read_topic
 from streams.settings import REPO_ROOT, Settings
+from vrec_tools.replay import Record, Replayer, read_topic
 
 #: The image root of a Pipeline whose settings name none: the test fixtures' catalogues.
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -47,7 +47,7 @@ def local_broker(settings: Settings):
     if broker_reachable(settings.bootstrap):
         yield None
         return
-    from streams.broker import KafkaBroker, ensure_jars
+    from vrec_tools.broker import KafkaBroker, ensure_jars
 
     port = int(settings.bootstrap.rpartition(":")[2])
     print(f"starting Kafka (KRaft) on 127.0.0.1:{port} ...", flush=True)
@@ -82,7 +82,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """`python -m streams.cli worker` with the given settings, logs to a file.
+    """`python -m vrec_tools.cli worker` with the given settings, logs to a file.
 
     The worker leads its own process group (stopped as a group) and gets SIGTERM when the
     thread that started it dies (Linux), so it never outlives a killed test or command."""
@@ -99,7 +99,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "vrec_tools.cli", "worker"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -125,7 +125,7 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> 
 
     if not len(values):
         return 0.0, 0.0
-    from streams.eval.online import resamples
+    from vrec_tools.eval.online import resamples
 
     arr = np.asarray(values, dtype=np.float64)
     means = np.concatenate([arr[idx].mean(axis=1) for idx in resamples(len(arr), n_boot, seed)])

@@ -6,7 +6,7 @@ Two sources:
   ``--token``) and prints, per variant (and ``--by`` trigger / strategy / kind), the events
   scored, hit@1/5/10/k with Wilson intervals and the MRR with a normal interval;
 - ``--topics`` recounts from the ``recommendations`` and ``user-events`` topics of the
-  configured broker (``VREC_*`` settings) with :func:`streams.eval.online.score_events`, adds
+  configured broker (``VREC_*`` settings) with :func:`vrec_tools.eval.online.score_events`, adds
   intra-list diversity, catalogue coverage and the share of trending items, and draws the daily
   hit rate per variant over event time (``--png``).
 """
@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from streams.eval.online import (
+from vrec_tools.eval.online import (
     ScoredEvent,
     list_quality,
     mean_interval,
@@ -166,8 +166,8 @@ def _scrape(url: str, token: str | None) -> str:
 def _from_topics(by: Sequence[str]):
     from streams.events import ItemEmbedding, Recommendation
     from streams.experiment import from_settings
-    from streams.replay import read_topic
     from streams.settings import get_settings
+    from vrec_tools.replay import read_topic
 
     s = get_settings()
     exp = from_settings(s)
