@@ -24,6 +24,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from streams.ranking.reasons import Reason
+
 EventKind = Literal["view", "purchase"]
 
 
@@ -232,7 +234,8 @@ def is_tick(doc: object) -> bool:
 class RecItem(_Model):
     item_id: str
     score: float
-    reason: str
+    reason: Reason  # the signal that listed the item (streams/ranking/reasons.py)
+    because: str | None = None  # the user's item behind the reason (a purchase, a seed...)
 
 
 class Recommendation(_Model):

@@ -12,14 +12,14 @@ unit user vectors to search for, and the caller passes the hits back to :func:`r
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from streams.catalogue import Catalogue
 from streams.events import RecItem, Recommendation
 from streams.experiment import Experiment, variant_settings
-from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
+from streams.ranking import Reason, Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
 from streams.ranking.hybrid import (
     HybridWeights,
@@ -30,9 +30,17 @@ from streams.ranking.hybrid import (
     top_by_score,
 )
 from streams.settings import Settings
-from streams.userstate import LastList, UserState, excluded_items, item_hash, user_vector
+from streams.userstate import (
+    HistoryEntry,
+    LastList,
+    UserState,
+    excluded_items,
+    item_hash,
+    user_vector,
+)
 
 MAX_LIST = 255  # items of the last list a user state keeps
+ANCHORS = 20  # distinct recent items of a user a visual reason may point at
 TRENDING_KEY = "*"  # user_id of the trending list (trending topic) for users not seen yet
 
 # (unit user vector, limit, excluded ids) -> [(item_id, vector)] candidates, best first
@@ -261,7 +269,8 @@ def rank_states(
             strategy = "hybrid"
         else:
             found = (candidates or {}).get(user_id) or []
-            ranked, strategy = rank_by_similarity(vec, found, cfg.k, exclude), "visual"
+            ranked = visual_causes(rank_by_similarity(vec, found, cfg.k, exclude), state, ctx)
+            strategy = "visual"
         if len(ranked) < cfg.k:  # small catalogue or few candidates: fill with trending items
             ranked = fill(ranked, ctx.trending_list(exclude), cfg.k)
         out[user_id] = ranked, strategy
@@ -313,7 +322,7 @@ def hybrid_list(
     keep = None
     if exclude:
         keep = np.fromiter((j not in exclude for j in ids), dtype=bool, count=len(ids))
-    return blend(
+    ranked = blend(
         ids,
         rep=column(rep, rep.values()),
         sib=column(sib, sib.values()),
@@ -324,6 +333,83 @@ def hybrid_list(
         k=cfg.k,
         keep=keep,
     )
+    return hybrid_causes(ranked, state, ctx, rep=rep, seed_w=seed_w)
+
+
+def hybrid_causes(
+    ranked: Sequence[Scored],
+    state: UserState,
+    ctx: RankContext,
+    *,
+    rep: Mapping[str, float],
+    seed_w: Mapping[str, float],
+) -> list[Scored]:
+    """``ranked`` with the user's item behind each reason (``because``).
+
+    A repurchase points at the item itself; a sibling at the bought item of the same product
+    with the largest (price-weighted) purchase weight; a co-purchase at the seed that added most
+    to its score (seed weight times the pair's count); a visual item at the most similar of the
+    user's recent items (:func:`visual_causes`); trending items at nothing. Ties go to the
+    smaller item id.
+    """
+    code_of, co = ctx.catalogue.code_of, ctx.copurchase
+    out = []
+    for s in ranked:
+        because = None
+        if s.reason is Reason.REPURCHASE:
+            because = s.item_id
+        elif s.reason is Reason.SIBLING:
+            code = code_of.get(s.item_id)
+            same = [(-w, i) for i, w in rep.items() if i != s.item_id and code_of.get(i) == code]
+            because = min(same)[1] if same else None
+        elif s.reason is Reason.COPURCHASE:
+            pairs = [(-w * co.count(i, s.item_id), i) for i, w in seed_w.items()]
+            pairs = [p for p in pairs if p[0] < 0]
+            because = min(pairs)[1] if pairs else None
+        out.append(s if because is None else replace(s, because=because))
+    return visual_causes(out, state, ctx)
+
+
+def anchors_of(history: Sequence[HistoryEntry], limit: int = ANCHORS) -> list[tuple[str, bool]]:
+    """The distinct items of a history, newest first, as (item id, bought): what a visual
+    reason may point at."""
+    bought = {h.item_id for h in history if h.kind == "purchase"}
+    out: list[tuple[str, bool]] = []
+    seen: set[str] = set()
+    for h in reversed(history):
+        if h.item_id not in seen:
+            seen.add(h.item_id)
+            out.append((h.item_id, h.item_id in bought))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def visual_causes(ranked: Sequence[Scored], state: UserState, ctx: RankContext) -> list[Scored]:
+    """Visual items of ``ranked`` pointed at the most similar of the user's recent items (on
+    a tie: a purchase, then the newer item); items without a vector point at nothing."""
+    at = [n for n, s in enumerate(ranked) if s.reason is Reason.VISUAL and s.because is None]
+    if not at:
+        return list(ranked)
+    anchors = anchors_of(state.history)
+    if not anchors:
+        return list(ranked)
+    cat = ctx.catalogue
+    anchor_unit = _unit_rows([a for a, _ in anchors], cat)
+    item_unit = _unit_rows([ranked[n].item_id for n in at], cat)
+    sims = item_unit @ anchor_unit.T  # (items, anchors)
+    usable = np.linalg.norm(anchor_unit, axis=1) > 0
+    out = list(ranked)
+    for row, n in enumerate(at):
+        if not np.any(item_unit[row]):
+            continue
+        keys = [
+            (float(sims[row, a]), bought, -a) for a, (_, bought) in enumerate(anchors) if usable[a]
+        ]
+        if keys:
+            best = max(keys)
+            out[n] = replace(out[n], because=anchors[-best[2]][0])
+    return out
 
 
 def _cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
@@ -358,7 +444,10 @@ def to_record(
         variant=variant or None,
         trigger=trigger,
         user_id=user_id,
-        items=[RecItem(item_id=s.item_id, score=s.score, reason=s.reason) for s in ranked],
+        items=[
+            RecItem(item_id=s.item_id, score=s.score, reason=s.reason, because=s.because)
+            for s in ranked
+        ],
         model_id=model_id,
         event_id=event_id,
         event_ts=event_ts,

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 REASON_NAMES = {
-    "rep": "bought before",
-    "sib": "same product",
-    "cf": "bought together",
-    "vis": "visually similar",
+    "rep": "repurchase",
+    "sib": "sibling",
+    "cf": "copurchase",
+    "vis": "visual",
     "pop": "trending",
 }
 

@@ -20,6 +20,7 @@ from streams.catalogue import Catalogue
 from streams.ranking import Scored, Trending
 from streams.ranking.copurchase import CoPurchase
 from streams.ranking.hybrid import REASONS, boost_by_popularity, price_weighted, sibling_scores
+from streams.ranking.reasons import Reason
 from streams.recommend import RankConfig
 from streams.userstate import UserState, excluded_items, user_vector
 
@@ -60,7 +61,7 @@ def legacy_hybrid(
     exclude = excluded_items(state, cfg.exclude)
     vec = user_vector(state, catalogue)
     if state.n_events < cfg.personalise_after or not (state.rep or vec is not None):
-        return [Scored(i, s, "trending") for i, s in _top(trending, k, exclude)], "trending"
+        return [Scored(i, s, Reason.TRENDING) for i, s in _top(trending, k, exclude)], "trending"
     now = state.last_ts
     seeds = sorted(state.last_purchase.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.cf_seeds]
     cf = _cf(
@@ -104,6 +105,6 @@ def legacy_hybrid(
     ranked = scored[:k]
     if len(ranked) < k:
         have = {s.item_id for s in ranked}
-        filler = [Scored(i, s, "trending") for i, s in _top(trending, k, exclude)]
+        filler = [Scored(i, s, Reason.TRENDING) for i, s in _top(trending, k, exclude)]
         ranked += [s for s in filler if s.item_id not in have][: k - len(ranked)]
     return ranked, "hybrid"

@@ -21,16 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streams.ranking.reasons import Reason
 from streams.ranking.visual import Scored
 
 # the reason rule's order: the largest contribution wins, ties to the later name
 _SIGNALS = ("cf", "pop", "rep", "sib", "vis")
 REASONS = {
-    "rep": "bought before",
-    "sib": "same product",
-    "cf": "bought together",
-    "vis": "visually similar",
-    "pop": "trending",
+    "rep": Reason.REPURCHASE,
+    "sib": Reason.SIBLING,
+    "cf": Reason.COPURCHASE,
+    "vis": Reason.VISUAL,
+    "pop": Reason.TRENDING,
 }
 
 

@@ -7,14 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streams.ranking.reasons import Reason
 from streams.ranking.trending import Trending
 
 
 @dataclass(frozen=True)
 class Scored:
+    """One ranked item: its score, the reason it is listed and the user's item behind that."""
+
     item_id: str
     score: float
-    reason: str
+    reason: Reason
+    because: str | None = None
 
 
 def _order(scored: Iterable[Scored]) -> list[Scored]:
@@ -27,7 +31,7 @@ def rank_by_similarity(
     candidates: Sequence[tuple[str, np.ndarray]],
     k: int,
     exclude: Collection[str] = (),
-    reason: str = "visual",
+    reason: Reason = Reason.VISUAL,
 ) -> list[Scored]:
     """Top-k candidates by cosine similarity to the user vector, in float64."""
     kept = [(i, v) for i, v in candidates if i not in exclude]
@@ -44,7 +48,7 @@ def rank_by_similarity(
 
 def top_trending(trending: Trending, k: int, exclude: Collection[str] = ()) -> list[Scored]:
     """The trending list as recommendations."""
-    return [Scored(i, s, "trending") for i, s in trending.top(k, exclude)]
+    return [Scored(i, s, Reason.TRENDING) for i, s in trending.top(k, exclude)]
 
 
 def fill(primary: Sequence[Scored], filler: Sequence[Scored], k: int) -> list[Scored]:

@@ -17,8 +17,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -29,18 +28,16 @@ from pydantic import ValidationError
 from streams.deadletters import describe
 from streams.events import ProductUpload
 from streams.experiment import from_settings as experiment_from_settings
-from streams.ranking import Scored, Trending, top_trending
+from streams.ranking import Reason, Scored, Trending, top_trending
 from streams.ranking.copurchase import CoPurchase
 from streams.recommend import RankContext, rank_one, variant_configs
-from streams.userstate import HistoryEntry, UserState
+from streams.userstate import UserState
 
 if TYPE_CHECKING:
     from streams.app import VrecApp
 
 ITEM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 HISTORY_SHOWN = 12  # recent events on the user page
-VISUAL_REASONS = ("visual", "visually similar")  # visual ranker / hybrid ranker
-REASON_ANCHORS = 20  # distinct recent items a "because ..." reason may point at
 MAX_K = 100
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -114,62 +111,33 @@ def parse_k(raw: str | None, default: int) -> int:
     return k
 
 
-@dataclass(frozen=True)
-class Anchor:
-    """A recent history item a visual recommendation can be explained by."""
-
-    item_id: str
-    kind: str  # "purchase" when the user bought it, else "view"
-
-
-def anchors_of(history: Sequence[HistoryEntry], limit: int = REASON_ANCHORS) -> list[Anchor]:
-    """Distinct items of the history, newest first; bought if any event on it was a purchase."""
-    bought = {h.item_id for h in history if h.kind == "purchase"}
-    out: list[Anchor] = []
-    seen: set[str] = set()
-    for h in reversed(history):
-        if h.item_id in seen:
-            continue
-        seen.add(h.item_id)
-        out.append(Anchor(h.item_id, "purchase" if h.item_id in bought else "view"))
-        if len(out) >= limit:
-            break
-    return out
-
-
 def explain(
-    item_id: str,
-    reason: str,
-    anchors: Sequence[Anchor],
-    vectors: Mapping[str, np.ndarray],
-    titles: Mapping[str, str],
+    item: Scored, bought: Collection[str], titles: Mapping[str, str]
 ) -> tuple[str, dict | None]:
-    """A readable reason for one recommended item and the history item it points at.
-
-    A visual item is explained by the most similar of the user's recent items: "because you
-    bought X" or "similar to X you viewed". Trending items say so.
+    """A readable reason for one recommended item and the user's item behind it (the ranker's
+    ``because``, streams/ranking/reasons.py): "because you bought X", "similar to X you
+    viewed", "bought together with X", "same product as X", "bought before", "trending now".
     """
-    if reason not in VISUAL_REASONS:
-        return ("trending now" if reason == "trending" else reason), None
-    vec = vectors.get(item_id)
-    best: tuple[tuple[float, bool, int], Anchor] | None = None
-    if vec is not None:
-        for rank, a in enumerate(anchors):
-            av = vectors.get(a.item_id)
-            if av is None:
-                continue
-            sim = float(np.dot(vec, av) / max(np.linalg.norm(vec) * np.linalg.norm(av), 1e-12))
-            key = (sim, a.kind == "purchase", -rank)  # ties: purchases, then the newer item
-            if best is None or key > best[0]:
-                best = (key, a)
-    if best is None:
-        return "visually similar to your taste", None
-    (sim, _, _), a = best
-    title = titles.get(a.item_id) or a.item_id
-    text = (
-        f"because you bought {title}" if a.kind == "purchase" else f"similar to {title} you viewed"
-    )
-    return text, {"item_id": a.item_id, "title": title, "kind": a.kind, "similarity": sim}
+    reason, because = item.reason, item.because
+    if reason is Reason.TRENDING:
+        return "trending now", None
+    if because is None:
+        return ("visually similar to your taste" if reason is Reason.VISUAL else reason.text), None
+    title = titles.get(because) or because
+    kind = "purchase" if because in bought else "view"
+    if reason is Reason.VISUAL:
+        text = (
+            f"because you bought {title}"
+            if kind == "purchase"
+            else f"similar to {title} you viewed"
+        )
+    elif reason is Reason.SIBLING:
+        text = f"same product as {title}"
+    elif reason is Reason.COPURCHASE:
+        text = f"bought together with {title}"
+    else:
+        text = reason.text
+    return text, {"item_id": because, "title": title, "kind": kind}
 
 
 def _item_fields(item_id: str, payload: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -286,18 +254,17 @@ class WebService:
         else:
             ranked, strategy = top_trending(trending, s.top_k), "trending"
         history = list(reversed(state.history))[:HISTORY_SHOWN] if state is not None else []
-        anchors = anchors_of(state.history) if state is not None else []
-        visual = any(r.reason in VISUAL_REASONS for r in ranked)
-        vectors, payloads = await self._lookup(
+        bought = {h.item_id for h in state.history if h.kind == "purchase"} if state else set()
+        _, payloads = await self._lookup(
             [r.item_id for r in ranked]
             + [h.item_id for h in history]
-            + [a.item_id for a in anchors],
-            vectors=visual,
+            + [r.because for r in ranked if r.because is not None],
+            vectors=False,
         )
         titles = {i: p.get("title") or "" for i, p in payloads.items()}
         items = []
         for r in ranked:
-            text, because = explain(r.item_id, r.reason, anchors, vectors, titles)
+            text, because = explain(r, bought, titles)
             items.append(
                 {
                     **_item_fields(r.item_id, payloads.get(r.item_id)),

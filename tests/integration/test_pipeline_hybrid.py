@@ -56,7 +56,7 @@ def test_hybrid_replay_matches_reference(kafka_broker, tmp_path, sample, batchin
     assert sum(len(r.items) == settings.top_k for r in recs) > 0.9 * len(recs)
     # the signals the sample exercises (no prices; co-purchase weighs 0.15, never the largest)
     reasons = Counter(i.reason for r in recs for i in r.items)
-    assert {"bought before", "same product", "visually similar", "trending"} <= set(reasons)
+    assert {"repurchase", "sibling", "visual", "trending"} <= set(reasons)
 
 
 def test_offline_core_publishes_the_live_lists(kafka_broker, tmp_path, sample):

@@ -474,37 +474,6 @@ def test_pages_are_served(web: WebRun) -> None:
 
 
 # -- the pure parts, no broker -------------------------------------------------------------------
-def test_reasons_point_at_the_most_similar_recent_item() -> None:
-    from streams.userstate import HistoryEntry
-    from streams.web.service import anchors_of, explain
-
-    history = [
-        HistoryEntry("a", "view", 1.0, "e1"),
-        HistoryEntry("b", "purchase", 2.0, "e2"),
-        HistoryEntry("a", "purchase", 3.0, "e3"),
-        HistoryEntry("c", "view", 4.0, "e4"),
-    ]
-    anchors = anchors_of(history)
-    assert [(x.item_id, x.kind) for x in anchors] == [
-        ("c", "view"),
-        ("a", "purchase"),
-        ("b", "purchase"),
-    ]
-    vecs = {
-        "a": np.array([1.0, 0.0, 0.0]),
-        "b": np.array([0.0, 1.0, 0.0]),
-        "c": np.array([0.0, 0.0, 1.0]),
-        "x": np.array([0.1, 0.9, 0.0]),
-        "y": np.array([0.0, 0.2, 0.9]),
-    }
-    titles = {"a": "Alpha", "b": "Beta", "c": "Gamma"}
-    text, because = explain("x", "visual", anchors, vecs, titles)
-    assert text == "because you bought Beta" and because and because["item_id"] == "b"
-    text, because = explain("y", "visual", anchors, vecs, titles)
-    assert text == "similar to Gamma you viewed" and because and because["kind"] == "view"
-    assert explain("z", "trending", anchors, vecs, titles) == ("trending now", None)
-
-
 def test_partition_of_a_user_is_kafkas() -> None:
     from kafka.partitioner.default import murmur2
 

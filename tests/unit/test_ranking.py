@@ -613,8 +613,8 @@ def test_hybrid_visual_part_is_the_cosine_for_head_and_own_candidates():
     assert strategy == "hybrid"
     norm = math.sqrt(1.0 + 0.09)
     assert [(s.item_id, s.reason) for s in ranked] == [
-        ("p", "visually similar"),
-        ("q", "visually similar"),
+        ("p", "visual"),
+        ("q", "visual"),
     ]
     assert ranked[0].score == pytest.approx(0.5 * 1.0 / norm, abs=1e-6)
     assert ranked[1].score == pytest.approx(0.5 * (0.8 + 0.6 * 0.3) / norm, abs=1e-6)
@@ -691,8 +691,8 @@ def test_hybrid_copurchase_neighbours_of_recent_purchases():
     ranked, strategy = rank_states({"u": state}, _context(s, copurchase=co))["u"]
     assert strategy == "hybrid"
     assert [(r.item_id, r.reason) for r in ranked] == [
-        ("x", "bought together"),
-        ("y", "bought together"),
+        ("x", "copurchase"),
+        ("y", "copurchase"),
     ]
     assert ranked[0].score == pytest.approx(1.0)
     assert ranked[1].score == pytest.approx(1.0 / 3.0)
@@ -753,9 +753,9 @@ def test_hybrid_rank_blend_reasons_and_exclusion():
     )
     # rep scaled by its max (x, excluded, still sets the scale): a = 0.5
     assert [(s.item_id, s.reason) for s in ranked] == [
-        ("a", "bought before"),
-        ("b", "same product"),
-        ("c", "bought together"),
+        ("a", "repurchase"),
+        ("b", "sibling"),
+        ("c", "copurchase"),
         ("d", "trending"),
     ]
     assert ranked[0].score == pytest.approx(0.5)
@@ -779,10 +779,10 @@ def test_hybrid_rank_equal_scores_ordered_by_item_id():
 
 
 _REASON = {
-    "rep": "bought before",
-    "sib": "same product",
-    "cf": "bought together",
-    "vis": "visually similar",
+    "rep": "repurchase",
+    "sib": "sibling",
+    "cf": "copurchase",
+    "vis": "visual",
     "pop": "trending",
 }
 
@@ -822,7 +822,7 @@ def test_hybrid_rank_reason_is_the_largest_contribution():
     w = HybridWeights(rep=0.5, sib=0.0, cf=0.6, vis=0.55, pop=0.0)
     one = {"x": 1.0}
     (got,) = hybrid_rank(candidates=["x"], rep=one, sib={}, cf=one, vis=one, pop={}, weights=w, k=1)
-    assert got.reason == "bought together"
+    assert got.reason == "copurchase"
     assert got.score == pytest.approx(1.65)
 
 

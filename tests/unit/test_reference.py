@@ -94,8 +94,8 @@ def test_hybrid_by_hand_u2_after_everything():
     assert_items(exp, [(A, score_a), (C, score_c), (B, score_b)])
     # reasons: the largest contribution (B: popularity 0.19 beats co-purchase 0.15)
     assert exp.reasons == (
-        frozenset({"bought before"}),
-        frozenset({"same product"}),
+        frozenset({"repurchase"}),
+        frozenset({"sibling"}),
         frozenset({"trending"}),
     )
 
@@ -112,9 +112,9 @@ def test_hybrid_by_hand_u1_as_of_its_basket():
     assert_items(exp, [(B, score_b), (A, score_a), (C, score_c)])
     # C: cos(u, C) is 0.9996, so its visual part (0.4998) beats its sibling part (0.45)
     assert exp.reasons == (
-        frozenset({"bought before"}),
-        frozenset({"bought before"}),
-        frozenset({"visually similar"}),
+        frozenset({"repurchase"}),
+        frozenset({"repurchase"}),
+        frozenset({"visual"}),
     )
 
 
