@@ -44,45 +44,46 @@ def _canonical_host(bind: str) -> str:
 
 
 def build_app(settings: Settings) -> VrecApp:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    streaming, worker, web = settings.streaming, settings.worker, settings.web
+    worker.data_dir.mkdir(parents=True, exist_ok=True)
     app = App(
-        settings.app_id,
-        broker=settings.broker_url,
-        broker_credentials=faust_credentials(settings),  # VREC_KAFKA_* (SASL / SSL)
-        store=settings.table_store,
-        datadir=str(settings.data_dir / "faust"),
-        topic_partitions=settings.partitions,
+        streaming.app_id,
+        broker=streaming.broker_url,
+        broker_credentials=faust_credentials(streaming),  # VREC_KAFKA_* (SASL / SSL)
+        store=settings.tables.store,
+        datadir=str(worker.data_dir / "faust"),
+        topic_partitions=streaming.partitions,
         topic_replication_factor=1,
-        processing_guarantee=settings.processing_guarantee,
+        processing_guarantee=streaming.processing_guarantee,
         consumer_auto_offset_reset="earliest",
         # A killed worker's partitions move on after this long (Faust's default is 60 s).
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.session_timeout_s,
-        producer_linger=settings.producer_linger_s,
-        producer_max_batch_size=settings.producer_batch_bytes,
-        web_enabled=settings.web_enabled,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,  # 127.0.0.1 unless the operator opens it
-        web_host=_canonical_host(settings.web_host),  # how other workers reach this one
+        broker_session_timeout=streaming.session_timeout_s,
+        broker_rebalance_timeout=streaming.session_timeout_s,
+        producer_linger=streaming.producer_linger_s,
+        producer_max_batch_size=streaming.producer_batch_bytes,
+        web_enabled=web.enabled,
+        web_port=web.port,
+        web_bind=web.host,  # 127.0.0.1 unless the operator opens it
+        web_host=_canonical_host(web.host),  # how other workers reach this one
         # Faust's /router, /table, /graph, /performance and stats pages: off unless asked for,
         # and then behind the web token (streams/web/auth.py)
-        web_router_enabled=settings.web_debug_pages,
-        web_tables_enabled=settings.web_debug_pages,
-        web_graph_enabled=settings.web_debug_pages,
-        web_stats_enabled=settings.web_debug_pages,
-        web_metrics_enabled=settings.web_debug_pages,
+        web_router_enabled=web.debug_pages,
+        web_tables_enabled=web.debug_pages,
+        web_graph_enabled=web.debug_pages,
+        web_stats_enabled=web.debug_pages,
+        web_metrics_enabled=web.debug_pages,
         table_cleanup_interval=3600.0,
         # a running worker seeks taken-over partitions before they are fetched (streams/recovery.py)
         TableManager=SeekFirstTableManager,
         autodiscover=False,
     )
-    topics = Topics.declare(app, settings)
-    tables = Tables.declare(app, settings)
+    topics = Topics.declare(app, streaming)
+    tables = Tables.declare(app, streaming.partitions)
     rt = Runtime(settings)
     dead = DeadLetterSink(topics.dead_letters)
-    if "encode" in settings.role_set:
+    if "encode" in worker.roles:
         encode.register(app, topics, rt, dead)
-    if "recommend" in settings.role_set:
+    if "recommend" in worker.roles:
         ingest.register(app, topics, rt, dead)
         users.register(app, topics, tables, rt, dead)
         replica.register(app, topics, rt, dead)
@@ -93,7 +94,7 @@ def build_app(settings: Settings) -> VrecApp:
         rt.partitions.loaded = False
 
     vrec = VrecApp(app, topics, tables, rt, dead)
-    if settings.web_enabled:
+    if web.enabled:
         from streams.web import register as register_web
 
         register_web(vrec)

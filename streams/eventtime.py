@@ -32,19 +32,12 @@ MS_HINT_ABOVE = 1e11  # seconds since 1970 pass this in the year 5138; milliseco
 
 @dataclass(frozen=True)
 class EventTimeConfig:
+    """The policy; ``Settings.event_time`` builds it from the ``VREC_EVENT_TIME_*`` fields."""
+
     max_future_s: float = 3600.0
     max_jump_s: float | None = 7 * 86_400.0  # None: no limit
     max_late_s: float | None = 30 * 86_400.0  # None: any lateness accepted
     policy: Policy = "dead_letter"
-
-    @classmethod
-    def from_settings(cls, s) -> EventTimeConfig:  # streams.settings.Settings
-        return cls(
-            max_future_s=s.event_time_max_future_s,
-            max_jump_s=s.event_time_max_jump_s,
-            max_late_s=s.event_time_max_late_s,
-            policy=s.event_time_policy,
-        )
 
 
 @dataclass(frozen=True)

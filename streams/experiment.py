@@ -27,26 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Settings that only the ranking reads (streams.recommend.RankConfig)
-RANKING_FIELDS = frozenset(
-    {
-        "ranker",
-        "top_k",
-        "exclude",
-        "personalise_after",
-        "w_repurchase",
-        "w_sibling",
-        "w_copurchase",
-        "w_visual",
-        "w_popularity",
-        "rep_price_exponent",
-        "sibling_pop_boost",
-        "cf_seeds",
-        "cf_per_seed",
-        "cf_candidates",
-        "pop_candidates",
-    }
-)
+from streams.settings import RankingSettings
+
+# Settings that only the ranking reads (streams.recommend.RankConfig): Settings.ranking's
+RANKING_FIELDS = frozenset(RankingSettings.FIELDS.values())
 MAX_VARIANTS = 16
 MAX_NAME = 32
 
@@ -138,9 +122,10 @@ class Experiment:
 
 
 def from_settings(settings) -> Experiment | None:  # streams.settings.Settings
-    if not settings.variants:
+    section = settings.experiment  # streams.settings.ExperimentSettings
+    if not section.variants:
         return None
-    return Experiment.parse(settings.variants, shadow=settings.variants_shadow)
+    return Experiment.parse(section.variants, shadow=section.shadow)
 
 
 def variant_settings(settings, experiment: Experiment | None) -> dict[str, Any]:

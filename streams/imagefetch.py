@@ -33,7 +33,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from streams.settings import ImageSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``await resolver(host, port)`` -> the host's addresses as strings.
@@ -285,15 +285,16 @@ class ImageFetcher:
         self._slots = asyncio.Semaphore(concurrency)
 
     @classmethod
-    def from_settings(cls, s: Settings) -> ImageFetcher:
+    def from_section(cls, images: ImageSettings, max_bytes: int) -> ImageFetcher:
+        """A fetcher for ``Settings.images``; max_bytes: ``Settings.encoder.max_image_bytes``."""
         return cls(
-            max_bytes=s.max_image_bytes,
-            allow=parse_allow(s.image_fetch_allow_hosts),
-            timeout_s=s.image_fetch_timeout_s,
-            total_s=s.image_fetch_total_s,
-            max_redirects=s.image_fetch_max_redirects,
-            concurrency=s.image_fetch_concurrency,
-            retries=s.image_fetch_retries,
+            max_bytes=max_bytes,
+            allow=parse_allow(images.fetch_allow_hosts),
+            timeout_s=images.fetch_timeout_s,
+            total_s=images.fetch_total_s,
+            max_redirects=images.fetch_max_redirects,
+            concurrency=images.fetch_concurrency,
+            retries=images.fetch_retries,
         )
 
     async def fetch(self, url: str) -> bytes:

@@ -18,15 +18,20 @@ import ssl
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from streams.settings import KafkaSecurity, Settings
+from streams.settings import KafkaSecurity, Settings, StreamingSettings
 
 
 class KafkaSecurityError(ValueError):
     """The ``VREC_KAFKA_*`` settings are incomplete or inconsistent."""
 
 
-def _security(source: Settings | KafkaSecurity) -> KafkaSecurity:
-    return source.kafka if isinstance(source, Settings) else source
+Source = Settings | StreamingSettings | KafkaSecurity
+
+
+def _security(source: Source) -> KafkaSecurity:
+    if isinstance(source, Settings):
+        return source.kafka
+    return source.security if isinstance(source, StreamingSettings) else source
 
 
 class KafkaAuthenticationError(ConnectionError):
@@ -57,7 +62,7 @@ def check(sec: KafkaSecurity) -> None:
         )
 
 
-def ssl_context(source: Settings | KafkaSecurity) -> ssl.SSLContext | None:
+def ssl_context(source: Source) -> ssl.SSLContext | None:
     """A client TLS context (CA file, optional client certificate), or None without SSL."""
     sec = _security(source)
     if not uses_ssl(sec):
@@ -73,7 +78,7 @@ def ssl_context(source: Settings | KafkaSecurity) -> ssl.SSLContext | None:
     return ctx
 
 
-def client_kwargs(source: Settings | KafkaSecurity) -> dict[str, Any]:
+def client_kwargs(source: Source) -> dict[str, Any]:
     """Security keyword arguments for a kafka-python or aiokafka client ({} for PLAINTEXT)."""
     sec = _security(source)
     check(sec)
@@ -89,7 +94,7 @@ def client_kwargs(source: Settings | KafkaSecurity) -> dict[str, Any]:
     return out
 
 
-def faust_credentials(source: Settings | KafkaSecurity) -> Any:
+def faust_credentials(source: Source) -> Any:
     """The Faust app's ``broker_credentials`` (``faust.SASLCredentials`` or
     ``faust.SSLCredentials``), or None for PLAINTEXT."""
     import faust

@@ -368,14 +368,14 @@ def install(vrec: VrecApp) -> VrecMetrics:
     existing = getattr(app, "_vrec_metrics", None)
     if existing is not None:
         return existing
-    s = vrec.runtime.settings
+    topics = vrec.runtime.settings.streaming.topics
     disable_created_metrics()  # no *_created series: they only double the exposition
     metrics = VrecMetrics()
     sensor = VrecSensor(
         metrics,
-        interaction_topics=(s.topics.full("views"), s.topics.full("purchases")),
-        recommendations_topic=s.topics.full("recommendations"),
-        dead_letters_topic=s.topics.full("dead_letters"),
+        interaction_topics=(topics.full("views"), topics.full("purchases")),
+        recommendations_topic=topics.full("recommendations"),
+        dead_letters_topic=topics.full("dead_letters"),
     )
     app.sensors.add(sensor)
     metrics.registry.register(_SampledCollector(app, model_id=lambda: vrec.runtime.model_id))

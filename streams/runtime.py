@@ -40,25 +40,22 @@ class PartitionStates:
     per user-events partition; rebuilt from the tables after every rebalance."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        self.popularity = settings.popularity
+        self.kind_weights = settings.users.kind_weights
         self._parts: dict[int, PartitionState] = {}
         self.loaded = False
         self.dirty: set[int] = set()  # partitions whose trending changed since published
 
     def new_trending(self) -> Trending:
-        s = self.settings
-        return Trending(
-            s.trending_window_days * 86_400.0,
-            s.trending_bucket_s,
-            {"view": s.weight_view, "purchase": s.weight_purchase},
-        )
+        pop = self.popularity
+        return Trending(pop.window_days * 86_400.0, pop.bucket_s, self.kind_weights)
 
     def get(self, partition: int) -> PartitionState:
         part = self._parts.get(partition)
         if part is None:
             part = self._parts[partition] = PartitionState(
                 trending=self.new_trending(),
-                copurchase=CoPurchase(self.settings.copurchase_neighbours),
+                copurchase=CoPurchase(self.popularity.copurchase_neighbours),
             )
         return part
 
@@ -144,46 +141,41 @@ class Runtime:
 
     def open(self) -> None:
         """Load the encoder and open the vector store (blocking; call before the worker runs)."""
-        from encoders import ImageEncoder, ensure_model, model_file
-        from streams.store import open_store
+        from encoders import ImageEncoder, model_file
+        from encoders.registry import ensure_model
+        from streams.store import open_configured
 
-        s = self.settings
-        onnx_path = model_file(s.encoder_model) if s.encoder_model else ensure_model(s.model_dir)
-        self.encoder = ImageEncoder(onnx_path, device=s.device, threads=s.encoder_threads)
+        enc, vs, worker = self.settings.encoder, self.settings.vector_store, self.settings.worker
+        onnx_path = model_file(enc.model) if enc.model else ensure_model(enc.model_dir)
+        self.encoder = ImageEncoder(onnx_path, device=enc.device, threads=enc.threads)
         self.model_id = self.encoder.model_id
-        if s.classifier:
+        if enc.classifier_heads:
             from encoders.classify import CategoryClassifier
 
-            heads = [h.strip() for h in s.classifier.split(",") if h.strip()]
-            self.classifiers = [CategoryClassifier(h) for h in heads]
-            self.classifier = self.classifiers[0] if self.classifiers else None
-        if s.embedding_cache:
+            self.classifiers = [CategoryClassifier(h) for h in enc.classifier_heads]
+            self.classifier = self.classifiers[0]
+        if enc.embedding_cache:
             from encoders.cache import EmbeddingCache
 
-            self.cache = EmbeddingCache(Path(s.embedding_cache))
+            self.cache = EmbeddingCache(Path(enc.embedding_cache))
         dims = {"image": self.encoder.dim}
-        if s.text_weight > 0:
-            from encoders.text import EMBED_DIM, TextEncoder, ensure_text_model
+        if enc.text_weight > 0:
+            from encoders.text import EMBED_DIM, TextEncoder
+            from encoders.registry import ensure_text_model
 
             dims["text"] = EMBED_DIM
-            if "encode" in s.role_set:
-                text_path = ensure_text_model(s.model_dir)
-                self.text_encoder = TextEncoder(text_path, threads=s.encoder_threads)
+            if "encode" in worker.roles:
+                text_path = ensure_text_model(enc.model_dir)
+                self.text_encoder = TextEncoder(text_path, threads=enc.threads)
         self.store = self.store_pool.submit(
-            open_store,
-            s.store,
-            path=s.data_dir / "qdrant",
-            url=s.qdrant_url,
-            api_key=s.qdrant_api_key,
-            collection=s.collection,
-            vector_dims=dims,
+            open_configured, vs, path=worker.data_dir / "qdrant", vector_dims=dims
         ).result()
         self.store_pool.submit(self._load_catalogue).result()
         log.info(
             "encoder %s on %s; store %s with %d items",
             self.model_id,
             self.encoder.providers,
-            s.store,
+            vs.kind,
             len(self.catalogue),
         )
 

@@ -1,4 +1,4 @@
-"""Changelog-backed Faust tables (``Settings.table_store``: in memory, rebuilt from the changelog
+"""Changelog-backed Faust tables (``Settings.tables.store``: in memory, rebuilt from the changelog
 at start, by default), their key layouts and value layouts.
 
 Each trending and co-purchase cell holds the ``user-events`` offset of the last record that
@@ -13,8 +13,6 @@ import json
 from dataclasses import dataclass
 
 import faust
-
-from streams.settings import Settings
 
 
 def _raw_table(app: faust.App, name: str, partitions: int) -> faust.TableT:
@@ -35,8 +33,8 @@ class Tables:
     active: faust.TableT  # b"<partition>|<bucket>|<user_id>" -> b"1" (streams.dayclose)
 
     @classmethod
-    def declare(cls, app: faust.App, settings: Settings) -> Tables:
-        p = settings.partitions
+    def declare(cls, app: faust.App, partitions: int) -> Tables:
+        p = partitions
         return cls(
             users=_raw_table(app, "users", p),
             trending=_raw_table(app, "trending", p),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import faust
 
-from streams.settings import Settings
+from streams.settings import Settings, StreamingSettings
 
 # Values travel as raw JSON bytes: the agents validate them with pydantic themselves so that a bad
 # record becomes a dead letter instead of a deserialisation crash inside Faust.
@@ -26,9 +26,9 @@ class Topics:
     dead_letters: faust.TopicT
 
     @classmethod
-    def declare(cls, app: faust.App, settings: Settings) -> Topics:
-        names = settings.topics
-        p = settings.partitions
+    def declare(cls, app: faust.App, streaming: StreamingSettings) -> Topics:
+        names = streaming.topics
+        p = streaming.partitions
         return cls(
             products=app.topic(names.full("products"), partitions=p, **_RAW),
             interactions=app.topic(names.full("views"), names.full("purchases"), **_RAW),
@@ -42,8 +42,8 @@ class Topics:
         )
 
 
-def all_topic_names(settings: Settings) -> list[str]:
-    t = settings.topics
+def all_topic_names(streaming: StreamingSettings | Settings) -> list[str]:
+    t = streaming.topics
     return [
         t.full(n)
         for n in (
@@ -59,5 +59,5 @@ def all_topic_names(settings: Settings) -> list[str]:
     ]
 
 
-def compacted_topic_names(settings: Settings) -> list[str]:
-    return [settings.topics.full(n) for n in COMPACTED]
+def compacted_topic_names(streaming: StreamingSettings | Settings) -> list[str]:
+    return [streaming.topics.full(n) for n in COMPACTED]

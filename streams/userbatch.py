@@ -69,15 +69,16 @@ class FoldConfig:
 
     @classmethod
     def from_settings(cls, s: Settings) -> FoldConfig:
+        users, pop = s.users, s.popularity
         return cls(
-            decay=DecayConfig.from_settings(s),
-            history_len=s.history_len,
-            max_seen=s.max_seen,
-            window_s=s.trending_window_days * 86_400.0,
-            distinct_buyers=s.trending_distinct_buyers,
-            channel_weights=dict(s.trending_channel_weights),
-            copurchase=s.ranker == "hybrid",
-            day_close=s.day_close_refresh,
+            decay=DecayConfig.from_settings(users),
+            history_len=users.history_len,
+            max_seen=users.max_seen,
+            window_s=pop.window_days * 86_400.0,
+            distinct_buyers=pop.distinct_buyers,
+            channel_weights=dict(pop.channel_weights),
+            copurchase=s.ranking.ranker == "hybrid",
+            day_close=s.day_close.refresh,
         )
 
 

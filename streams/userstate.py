@@ -47,6 +47,7 @@ class DecayConfig:
 
     @classmethod
     def from_settings(cls, settings) -> DecayConfig:
+        """From ``Settings.users`` (or the Settings themselves: the fields have the same names)."""
         return cls(
             half_life_s=settings.half_life_days * 86_400.0,
             kind_weights={"view": settings.weight_view, "purchase": settings.weight_purchase},

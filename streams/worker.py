@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 
 def prepare_topics(settings: Settings) -> None:
     """Create vrec's topics with the configured partitions (idempotent)."""
+    streaming = settings.streaming
     create_topics(
-        settings.bootstrap,
-        all_topic_names(settings),
-        partitions=settings.partitions,
-        compacted=compacted_topic_names(settings),
-        security=client_kwargs(settings),
+        streaming.bootstrap,
+        all_topic_names(streaming),
+        partitions=streaming.partitions,
+        compacted=compacted_topic_names(streaming),
+        security=client_kwargs(streaming),
         # the event-time policy compares ts with the record's timestamp: the broker's own
-        broker_time=[settings.topics.full("views"), settings.topics.full("purchases")],
+        broker_time=[streaming.topics.full("views"), streaming.topics.full("purchases")],
     )
 
 
@@ -38,7 +39,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
             vrec.app,
             loglevel=loglevel,
             quiet=True,
-            logging_config=logging_config(settings.log_format, loglevel),
+            logging_config=logging_config(settings.worker.log_format, loglevel),
         )
         worker.execute_from_commandline()
     finally:

@@ -41,11 +41,11 @@ def resolve_image(
 
 
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
-    s = rt.settings
     from encoders.preprocess import PixelBudget
 
-    decode_budget = PixelBudget(s.max_batch_pixels)
-    fetcher = ImageFetcher.from_settings(s)  # products with image_url
+    enc, images = rt.settings.encoder, rt.settings.images
+    decode_budget = PixelBudget(enc.max_batch_pixels)
+    fetcher = ImageFetcher.from_section(images, enc.max_image_bytes)  # products with image_url
 
     def load(
         product: ProductUpload, fetched: bytes | None = None
@@ -53,17 +53,17 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         """(image sha256, cached vector, decoded image); runs in the decode pool. ``fetched``:
         the bytes of the product's image_url."""
         from encoders import load_image
-        from encoders.cache import sha256_bytes
+        from streams.util import sha256_bytes
 
         data = (
             fetched
             if fetched is not None
-            else resolve_image(product, s.image_roots, s.max_image_bytes)
+            else resolve_image(product, images.roots, enc.max_image_bytes)
         )
         limits = {
-            "max_bytes": s.max_image_bytes,
-            "max_pixels": s.max_image_pixels,
-            "max_side": s.decode_max_side,  # large images are decoded reduced
+            "max_bytes": enc.max_image_bytes,
+            "max_pixels": enc.max_image_pixels,
+            "max_side": enc.decode_max_side,  # large images are decoded reduced
             "budget": decode_budget,  # bounds the pixels the decode pool holds at once
         }
         if rt.cache is None:
@@ -120,7 +120,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
 
     @app.agent(topics.products, name="encode")
     async def encode(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(s.encoder_batch, within=s.encoder_batch_wait_s):
+        async for events in stream.take_events(enc.batch, within=enc.batch_wait_s):
             await encode_batch(list(events))
 
     async def encode_batch(events: list[faust.EventT]) -> None:

@@ -25,7 +25,7 @@ from streams.events import (
     is_tick,
     json_object,
 )
-from streams.eventtime import EventClock, EventTimeConfig
+from streams.eventtime import EventClock
 from streams.runtime import Runtime
 from streams.topics import Topics
 
@@ -49,13 +49,13 @@ def parse_input(raw: bytes, kind: str) -> Interaction | Tick:
 
 
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
-    s = rt.settings
-    purchases_topic = s.topics.full("purchases")
-    clock = EventClock(EventTimeConfig.from_settings(s))
+    streaming, users = rt.settings.streaming, rt.settings.users
+    purchases_topic = streaming.topics.full("purchases")
+    clock = EventClock(rt.settings.event_time)
 
     @app.agent(topics.interactions, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+        async for batch in stream.take_events(users.batch_max, within=users.batch_within_s):
             for ev in batch:
                 msg = ev.message
                 kind = "purchase" if msg.topic == purchases_topic else "view"
@@ -76,7 +76,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
                 if verdict.ts != event.ts:
                     event = event.model_copy(update={"ts": verdict.ts})
                 if isinstance(event, Tick):
-                    for partition in range(s.partitions):
+                    for partition in range(streaming.partitions):
                         await topics.user_events.send(value=event.to_bytes(), partition=partition)
                     continue
                 if event.item_id not in rt.catalogue:  # the worker's mirror of the item index

@@ -63,9 +63,9 @@ def decode_item(
 
 
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
-    s = rt.settings
-    if not s.replicate_items:
+    if not rt.settings.worker.replicate_items:
         return
+    streaming = rt.settings.streaming
 
     @app.task
     async def replicate_items() -> None:
@@ -74,12 +74,12 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         from streams.store import StoredItem
 
         consumer = AIOKafkaConsumer(
-            s.topics.full("item_embeddings"),
-            bootstrap_servers=s.bootstrap,
+            streaming.topics.full("item_embeddings"),
+            bootstrap_servers=streaming.bootstrap,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            **client_kwargs(s),
+            **client_kwargs(streaming.security),
         )
 
         async def reject(r, reason: str) -> None:  # an aiokafka ConsumerRecord

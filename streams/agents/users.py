@@ -74,10 +74,13 @@ def _is_tick(value: bytes) -> bool:
 def register(
     app: faust.App, topics: Topics, tables: Tables, rt: Runtime, dead: DeadLetterSink
 ) -> None:
-    s = rt.settings
+    s = rt.settings  # the ranking's variants are built from the whole settings
     fold_cfg = FoldConfig.from_settings(s)
     experiment = from_settings(s)
     rank_cfgs = variant_configs(s, experiment)
+    batching, day_close = s.users, s.day_close
+    guarantee = s.streaming.processing_guarantee
+    top_k, publish_s = s.ranking.top_k, s.popularity.publish_s
     visual = any(cfg.ranker != "hybrid" for cfg in rank_cfgs.values())
     parts = rt.partitions
 
@@ -112,7 +115,7 @@ def register(
 
         return await rt.in_store(search_all) if queries else {}
 
-    @app.timer(interval=s.trending_publish_s)
+    @app.timer(interval=publish_s)
     async def publish_trending() -> None:
         """The list for users vrec has not seen yet, to the trending topic (changed lists only)."""
         for partition in sorted(parts.dirty):
@@ -120,7 +123,7 @@ def register(
             trending = parts.trending(partition)
             rec = to_record(
                 TRENDING_KEY,
-                top_trending(trending, s.top_k),
+                top_trending(trending, top_k),
                 "trending",
                 model_id=rt.model_id,
                 event_id=None,
@@ -129,7 +132,7 @@ def register(
             await topics.trending.send(key=str(partition).encode(), value=rec.to_bytes())
 
     producer = app.producer
-    direct = s.processing_guarantee != "exactly_once"
+    direct = guarantee != "exactly_once"
 
     async def write(
         table: faust.TableT, partition: int, writes: Mapping[bytes, bytes | None]
@@ -212,8 +215,8 @@ def register(
         closing = part.active.closing(partition, part.trending.bucket_of(tick.ts))
         ranking = ranking_for(part, rt.catalogue, rank_cfgs, experiment)
         order = sorted(closing)
-        for start in range(0, len(order), s.day_close_slice):
-            chunk = order[start : start + s.day_close_slice]
+        for start in range(0, len(order), day_close.users_per_slice):
+            chunk = order[start : start + day_close.users_per_slice]
             states = {}
             for user_id in chunk:
                 raw = stored_state(user_id)
@@ -242,7 +245,7 @@ def register(
 
     @app.agent(topics.user_events, name="users")
     async def users(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+        async for batch in stream.take_events(batching.batch_max, within=batching.batch_within_s):
             if not parts.loaded:
                 parts.load(tables.trending, tables.copurchase, tables.active)
             by_partition: dict[int, list[faust.EventT]] = {}
@@ -263,6 +266,6 @@ def register(
                         continue
                     await fold_and_publish(partition, segment)
                     segment = []
-                    if s.day_close_refresh:
+                    if day_close.refresh:
                         await close_days(partition, tick, ev.message.offset)
                 await fold_and_publish(partition, segment)

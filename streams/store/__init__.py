@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -28,6 +28,9 @@ from streams.store.base import (
 from streams.store.client import QdrantClientStore
 from streams.store.edge import EdgeStore
 
+if TYPE_CHECKING:
+    from streams.settings import VectorStoreSettings
+
 STORE_KINDS: tuple[str, ...] = ("edge", "qdrant", "qdrant-local", "qdrant-memory")
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "QdrantClientStore",
     "StoredItem",
     "VectorStore",
+    "open_configured",
     "open_store",
     "point_id",
 ]
@@ -75,3 +79,18 @@ def open_store(
     if kind == "qdrant-memory":
         return QdrantClientStore.memory(collection, vector_dims, **options)
     raise ValueError(f"unknown store kind {kind!r}; expected one of {STORE_KINDS}")
+
+
+def open_configured(
+    section: VectorStoreSettings, *, path: Path, vector_dims: Mapping[str, int], **options: Any
+) -> VectorStore:
+    """Open the store ``Settings.vector_store`` describes (``path``: its folder on disk)."""
+    return open_store(
+        section.kind,
+        path=path,
+        url=section.qdrant_url,
+        api_key=section.qdrant_api_key,
+        collection=section.collection,
+        vector_dims=vector_dims,
+        **options,
+    )

@@ -122,7 +122,7 @@ def register(vrec: VrecApp) -> None:
     max_image = settings.max_image_bytes
     _free_root(app.web)
     # every request, Faust's own pages included, passes the token check (streams/web/auth.py)
-    app.web.web_app.middlewares.append(auth.middleware(settings))
+    app.web.web_app.middlewares.append(auth.middleware(settings.web))
 
     class Base(View):
         """JSON errors for :class:`HttpError`; a logged 500 for anything else."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from streams.settings import WebSettings
 
 __all__ = ["DEBUG_PREFIXES", "check_access", "middleware", "token_matches"]
 
@@ -53,10 +53,10 @@ def _is_debug(path: str) -> bool:
 
 
 def check_access(
-    method: str, path: str, authorization: str | None, settings: Settings
+    method: str, path: str, authorization: str | None, web_settings: WebSettings
 ) -> tuple[int, str] | None:
     """None when the request may go on, else the (status, message) to refuse it with."""
-    tokens = settings.web_tokens
+    tokens = web_settings.tokens
     authed = token_matches(authorization, tokens)
     write = method.upper() not in SAFE_METHODS and path not in READ_ONLY_POSTS
     if _is_debug(path):
@@ -64,10 +64,10 @@ def check_access(
             return None
         return (403, NO_TOKEN) if not tokens else (401, NEEDS_TOKEN)
     if write:
-        if authed or (not tokens and settings.web_open_writes):
+        if authed or (not tokens and web_settings.open_writes):
             return None
         return (403, NO_TOKEN) if not tokens else (401, NEEDS_TOKEN)
-    if not settings.web_auth_reads or path in OPEN_PATHS or authed:
+    if not web_settings.auth_reads or path in OPEN_PATHS or authed:
         return None
     if not tokens:
         return 403, "reads need a token (VREC_WEB_AUTH_READS) but VREC_WEB_TOKEN is not set"
@@ -77,13 +77,13 @@ def check_access(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable]:
+def middleware(web_settings: WebSettings) -> Callable[[web.Request, Handler], Awaitable]:
     """An aiohttp middleware applying :func:`check_access` to every request of the server."""
 
     @web.middleware
     async def vrec_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         denied = check_access(
-            request.method, request.path, request.headers.get("Authorization"), settings
+            request.method, request.path, request.headers.get("Authorization"), web_settings
         )
         if denied is None:
             return await handler(request)

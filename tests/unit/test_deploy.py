@@ -81,7 +81,7 @@ def test_compose_services_are_vrec_roles(compose, monkeypatch):
     assert {"kafka", "qdrant", "encoder", "worker", "prometheus"} <= set(services)
     encoder = _check_vrec_env(services["encoder"]["environment"], monkeypatch)
     worker = _check_vrec_env(services["worker"]["environment"], monkeypatch)
-    assert encoder.role_set == {"encode"} and worker.role_set == {"recommend"}
+    assert encoder.roles == {"encode"} and worker.roles == {"recommend"}
     assert encoder.app_id != worker.app_id, "the encoder has its own consumer group"
     assert encoder.device == "cuda" and encoder.store == worker.store == "qdrant"
     assert encoder.partitions == worker.partitions >= services["worker"]["deploy"]["replicas"]
@@ -133,7 +133,7 @@ def test_k8s_roles_scaling_and_metrics(manifests, monkeypatch):
 
     worker_c, worker = container_env("StatefulSet", "vrec-worker")
     encoder_c, encoder = container_env("Deployment", "vrec-encoder")
-    assert worker.role_set == {"recommend"} and encoder.role_set == {"encode"}
+    assert worker.roles == {"recommend"} and encoder.roles == {"encode"}
     assert encoder.app_id != worker.app_id and encoder.device == "cuda"
     assert encoder_c["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert worker_c["ports"][0]["containerPort"] == worker.web_port
@@ -155,8 +155,8 @@ def test_k8s_roles_scaling_and_metrics(manifests, monkeypatch):
 
 
 def test_settings_roles_are_validated():
-    assert Settings(roles="recommend, encode").roles == "encode,recommend"
-    assert Settings().role_set == {"encode", "recommend"}
+    assert Settings(roles="recommend, encode").roles == {"encode", "recommend"}
+    assert Settings().roles == {"encode", "recommend"}
     for bad in ("", "encoder", "encode,users"):
         with pytest.raises(ValueError, match="roles"):
             Settings(roles=bad)
@@ -167,4 +167,4 @@ def test_settings_roles_travel_to_workers(monkeypatch):
 
     env = settings_env(Settings(roles="encode"))
     assert env["VREC_ROLES"] == "encode"
-    assert _settings_from(env, monkeypatch).role_set == {"encode"}
+    assert _settings_from(env, monkeypatch).roles == {"encode"}

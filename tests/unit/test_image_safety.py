@@ -18,7 +18,7 @@ from encoders import ImageError, load_image
 from encoders.preprocess import PixelBudget, confine, image_mime, read_confined
 from streams.agents.encode import resolve_image
 from streams.events import ProductUpload
-from streams.settings import Settings
+from streams.settings import Settings, WebSettings
 from streams.web.auth import check_access, token_matches
 
 
@@ -122,8 +122,8 @@ def test_served_type_comes_from_the_decoded_image(tree):
 # ---------------------------------------------------------------- web auth
 
 
-def _s(**kw: object) -> Settings:
-    return Settings(**kw)
+def _s(**kw: object) -> WebSettings:
+    return Settings(**kw).web
 
 
 def test_writes_are_refused_without_a_configured_token():
@@ -137,7 +137,7 @@ def test_writes_are_refused_without_a_configured_token():
 
 def test_writes_need_the_bearer_token():
     s = _s(web_token="alpha, beta")
-    assert s.web_tokens == ("alpha", "beta")
+    assert s.tokens == ("alpha", "beta")
     for header in (None, "", "Bearer", "Bearer wrong", "Basic alpha", "alpha", "Bearer alph"):
         assert check_access("POST", "/items", header, s)[0] == 401, header
     assert check_access("POST", "/items", "Bearer alpha", s) is None

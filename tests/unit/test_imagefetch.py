@@ -492,7 +492,7 @@ def test_concurrency_is_bounded(server: str, connections: list[str], monkeypatch
     assert peak == 2
 
 
-def test_from_settings() -> None:
+def test_from_section() -> None:
     s = Settings(
         image_fetch_allow_hosts="127.0.0.1:9, 10.0.0.0/8",
         image_fetch_timeout_s=3,
@@ -501,7 +501,7 @@ def test_from_settings() -> None:
         image_fetch_retries=0,
         max_image_bytes=1234,
     )
-    f = ImageFetcher.from_settings(s)
+    f = ImageFetcher.from_section(s.images, s.encoder.max_image_bytes)
     assert (f.max_bytes, f.timeout_s, f.max_redirects, f.concurrency, f.retries) == (
         1234,
         3,
