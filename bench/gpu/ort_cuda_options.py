@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from encoders import variants as V
 from encoders.preprocess import load_image, preprocess
+from encoders.training import variants as V
 
 dev = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
 paths = sorted(Path(sys.argv[1]).glob("*.jpg"))[:256]
@@ -95,7 +95,7 @@ try:
     import torch
 
     if torch.cuda.is_available():
-        from encoders.export import build_torch_model
+        from encoders.training.export import build_torch_model
 
         net = build_torch_model().cuda().half().to(memory_format=torch.channels_last).eval()
         xt = torch.from_numpy(x).cuda().half().to(memory_format=torch.channels_last)

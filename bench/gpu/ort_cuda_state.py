@@ -30,9 +30,9 @@ CASES = [
 def case(name, img_dir, md):
     import onnxruntime as ort
 
-    from encoders import bench as B
-    from encoders import variants as V
     from encoders.preprocess import load_image, preprocess
+    from encoders.training import bench as B
+    from encoders.training import variants as V
 
     paths = sorted(Path(img_dir).glob("*.jpg"))[:256]
     x = preprocess([load_image(p) for p in paths]).astype(np.float32)
@@ -43,7 +43,7 @@ def case(name, img_dir, md):
     if name == "torch_first":
         import torch
 
-        from encoders.export import build_torch_model
+        from encoders.training.export import build_torch_model
 
         net = build_torch_model().cuda().half()
         with torch.inference_mode():

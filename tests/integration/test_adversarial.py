@@ -1,4 +1,5 @@
-"""encoders.adversarial / ``vrec train adversarial`` on real product photos (hm_sample fixture).
+"""encoders.training.adversarial / ``vrec train adversarial``:
+real product photos (hm_sample fixture).
 
 A tiny run (about 32 images, one epoch) must complete, export a 224 px encoder that
 :class:`encoders.ImageEncoder` loads under the model id the metrics name, and make the
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 
 from encoders import ImageEncoder, load_image
-from encoders.adversarial import PERTURBATIONS, attack, perturb, query_recall
-from encoders.train import main as train_main
+from encoders.training.adversarial import PERTURBATIONS, attack, perturb, query_recall
+from encoders.training.train import main as train_main
 from vrec_tools.eval.data import load_items
 
 pytestmark = pytest.mark.model

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from encoders.classify import CategoryClassifier
-from encoders.train import main as train_main
+from encoders.training.train import main as train_main
 from streams.settings import REPO_ROOT, Settings, isolated_run
 from vrec_tools.catalogue_import import Accepted, load_map_file, plan_import, send_import
 from vrec_tools.harness import Pipeline

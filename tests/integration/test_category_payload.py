@@ -9,9 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from encoders import ImageEncoder, ensure_model, load_image
-from encoders.classify import CategoryClassifier, HeadConfig
-from encoders.train import run_classify
+from encoders import ImageEncoder, load_image
+from encoders.classify import CategoryClassifier
+from encoders.registry import ensure_model
+from encoders.training.classify import HeadConfig
+from encoders.training.train import run_classify
 from streams.settings import REPO_ROOT, Settings, isolated_run
 from vrec_tools.harness import Pipeline
 from vrec_tools.replay import read_hm_items

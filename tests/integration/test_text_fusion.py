@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from encoders.text import TextEncoder, ensure_text_model, upload_text
+from encoders.registry import ensure_text_model
+from encoders.text import TextEncoder, upload_text
 from streams.settings import REPO_ROOT, Settings, isolated_run
 from vrec_tools.broker import find_free_port
 from vrec_tools.harness import Pipeline

@@ -1,4 +1,5 @@
-"""encoders.variants (opt / int8 / int8-dynamic / fp16 ONNX files) and ``vrec bench encoder``.
+"""encoders.training.variants (opt / int8 / int8-dynamic / fp16 ONNX files)
+and ``vrec bench encoder``.
 
 Every variant is built fresh into a pytest tmp dir from the fp32 export ($VREC_MODEL_DIR, else
 the repository's .cache/models, else exported here with torch). int8 is calibrated on H&M
@@ -19,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders import ImageEncoder, bench, ensure_model, load_image, preprocess
-from encoders.export import sha256_file
-from encoders.variants import (
+from encoders import ImageEncoder, load_image, preprocess
+from encoders.registry import ensure_model
+from encoders.training import bench
+from encoders.training.variants import (
     INT8_FP32_NODES,
     VARIANTS,
     calibration_batch,
@@ -30,6 +32,7 @@ from encoders.variants import (
     neighbour_agreement,
     variant_path,
 )
+from streams.util import sha256_file
 
 pytestmark = pytest.mark.model
 

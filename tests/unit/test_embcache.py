@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders import ImageEncoder, ImageError, ensure_model, load_image
-from encoders.cache import EmbeddingCache, embed_catalogue, sha256_file
+from encoders import ImageEncoder, ImageError, load_image
+from encoders.cache import EmbeddingCache, embed_catalogue
+from encoders.registry import ensure_model
 from streams.settings import get_settings
+from streams.util import sha256_file
 
 FIXTURE_IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "hm_sample" / "images"
 

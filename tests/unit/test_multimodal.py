@@ -1,4 +1,5 @@
-"""encoders.multimodal helpers: neighbour rates, cached catalogue text vectors, fused matrix."""
+"""encoders.training.multimodal helpers:
+neighbour rates, cached catalogue text vectors, fused matrix."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from encoders.cache import EmbeddingCache
 from encoders.fusion import l2_normalise
-from encoders.multimodal import catalogue_text_embeddings, fused_catalogue, neighbour_rates
+from encoders.training.multimodal import catalogue_text_embeddings, fused_catalogue, neighbour_rates
 
 
 class FakeTextEncoder:
@@ -67,7 +68,7 @@ def test_fused_catalogue_keeps_imageless_rows_zero() -> None:
 
 
 def test_paired_bootstrap_interval() -> None:
-    from encoders.multimodal import paired_bootstrap
+    from encoders.training.multimodal import paired_bootstrap
 
     rng = np.random.default_rng(0)
     b = rng.uniform(size=500)
@@ -81,7 +82,7 @@ def test_paired_bootstrap_interval() -> None:
 
 
 def test_visual_per_modality_ranks_by_each_modality() -> None:
-    from encoders.multimodal import visual_per_modality
+    from encoders.training.multimodal import visual_per_modality
     from vrec_tools.eval.baselines import visual
     from vrec_tools.eval.data import Events
 

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from encoders.similarity import (  # noqa: E402
+from encoders.training.similarity import (  # noqa: E402
     COLOUR_DIM,
     NAME,
     SimilarityConfig,
@@ -76,7 +76,7 @@ def test_colour_grid_is_the_graph_pooling() -> None:
 
 def test_train_similarity_cli_exports_a_loadable_onnx(tmp_path: Path) -> None:
     from encoders.image import ImageEncoder, model_file
-    from encoders.train import main
+    from encoders.training.train import main
 
     out = tmp_path / "models"
     rc = main(
@@ -114,7 +114,7 @@ def test_exported_graph_matches_torch_on_images(tmp_path: Path) -> None:
     """The ONNX file (base + colour grid + standardised MLP head) vs the torch modules."""
     from encoders.image import ImageEncoder
     from encoders.preprocess import load_image, preprocess
-    from encoders.similarity import export_similarity_model, image_parity
+    from encoders.training.similarity import export_similarity_model, image_parity
 
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (64, 1280 + COLOUR_DIM)).astype(np.float32)

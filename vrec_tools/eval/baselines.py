@@ -629,8 +629,9 @@ def catalogue_embeddings(
     items: Items, cache_path: Path | None = None, progress: bool = False
 ) -> np.ndarray:
     """(n items, 1280) embeddings of the catalogue, from the embedding cache (fills misses)."""
-    from encoders import ImageEncoder, ensure_model
+    from encoders import ImageEncoder
     from encoders.cache import EmbeddingCache, embed_catalogue
+    from encoders.registry import ensure_model
     from streams.settings import get_settings
 
     encoder = ImageEncoder(ensure_model(get_settings().model_dir), device="cpu")

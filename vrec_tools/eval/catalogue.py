@@ -14,7 +14,7 @@ The file (CSV / TSV / JSONL / Parquet, image paths relative to its folder) and t
   colour); with a text weight > 0 (``--text-weight``, default ``VREC_TEXT_WEIGHT``) the same over
   image + text fused vectors (:mod:`encoders.fusion`; text = title + category, so a category
   that is the label leaks it);
-* ``classifier_top1``: a softmax head (``encoders.train.run_classify``) trained on the
+* ``classifier_top1``: a softmax head (``encoders.training.train.run_classify``) trained on the
   embeddings, top-1 on held-out items (split by ``--group`` if given, else by item).
 
 It writes the JSON (``--json``), a markdown summary and a PNG grid (same stem) of a few query
@@ -214,11 +214,11 @@ def classifier_top1(
     seed: int = 0,
     min_count: int = 2,
 ) -> dict[str, Any]:
-    """Top-1 of a softmax head on held-out embedded items (``encoders.train.run_classify``:
+    """Top-1 of a softmax head on held-out embedded items (``encoders.training.train.run_classify``:
     80/10/10 split by ``groups``, else by item; classes with < ``min_count`` train items ->
     "other"). Needs torch."""
-    from encoders.classify import HeadConfig
-    from encoders.train import run_classify
+    from encoders.training.classify import HeadConfig
+    from encoders.training.train import run_classify
 
     x = np.asarray(vectors, dtype=np.float32)
     ok = embedded_mask(x)
@@ -286,8 +286,9 @@ def neighbour_grid(
 
 
 def _text_vectors(cat: Catalogue, cache: Any, model_dir: Path) -> tuple[np.ndarray, str]:
-    from encoders.multimodal import catalogue_text_embeddings
-    from encoders.text import TextEncoder, ensure_text_model, upload_text
+    from encoders.registry import ensure_text_model
+    from encoders.text import TextEncoder, upload_text
+    from encoders.training.multimodal import catalogue_text_embeddings
 
     texts = [upload_text(t, c) for t, c in zip(cat.text("title"), cat.text("category"))]
     enc = TextEncoder(ensure_text_model(model_dir))
@@ -299,9 +300,10 @@ def image_vectors(
 ) -> tuple[np.ndarray, str]:
     """(N, dim) unit image vectors (zero rows: no image / not decodable) and the model id;
     ``model``: an .onnx file or training folder, default VREC_ENCODER_MODEL or the export."""
-    from encoders import ImageEncoder, ensure_model
+    from encoders import ImageEncoder
     from encoders.cache import embed_catalogue
     from encoders.image import model_file
+    from encoders.registry import ensure_model
     from streams.settings import get_settings
 
     s = get_settings()

@@ -174,8 +174,9 @@ def live_predictions(settings: Settings, products, history, progress: bool = Tru
 def offline_predictions(settings: Settings, products, history):
     """The users agent's logic in-process over the history, then a clock mark closing its last
     day (as the live eval does): (last list per user, trending list)."""
-    from encoders import ImageEncoder, ensure_model
+    from encoders import ImageEncoder
     from encoders.cache import EmbeddingCache, embed_catalogue
+    from encoders.registry import ensure_model
     from streams.catalogue import Catalogue
     from streams.events import Tick
     from streams.offline import OfflineUsers

@@ -23,7 +23,7 @@ Artefacts (as :mod:`encoders.classify`): ``<out>/distill-mobilenet_v2/<sha12>.on
 
 The helpers here (subset selection, pixel loading, ONNX export with a model name, the
 side-by-side onnxruntime speed check, retrieval metrics) are shared with
-:mod:`encoders.adversarial`.
+:mod:`encoders.training.adversarial`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .export import EMBED_DIM, INPUT_NAME, OUTPUT_NAME
+from encoders.image import EMBED_DIM, INPUT_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +86,7 @@ def select_rows(codes: np.ndarray, exists: np.ndarray, limit: int, seed: int) ->
 
 def holdout_split(codes: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) positions; every product code lies on one side only."""
-    from .classify import group_split
+    from encoders.training.classify import group_split
 
     tr, va, te = group_split(codes, (1.0 - holdout, 0.0, holdout), seed=seed)
     return np.sort(np.concatenate([tr, va])), te
@@ -94,11 +94,11 @@ def holdout_split(codes: np.ndarray, holdout: float, seed: int) -> tuple[np.ndar
 
 def load_pixels(paths: Sequence[Path], size: int, progress: bool = False) -> np.ndarray:
     """Decode + preprocess images into a float16 (N, 3, size, size) array (saves memory)."""
-    from .cache import _bar
-    from .preprocess import load_image, preprocess
+    from encoders.preprocess import load_image, preprocess
+    from streams.util import progress as progress_bar
 
     out = np.empty((len(paths), 3, size, size), dtype=np.float16)
-    bar = _bar(progress, len(paths), f"decode@{size}")
+    bar = progress_bar(progress, len(paths), f"decode@{size}")
     for i, p in enumerate(paths):
         out[i] = preprocess([load_image(p)], size)[0]
         bar.update(1)
@@ -114,9 +114,9 @@ def teacher_embeddings(
 ) -> tuple[np.ndarray, Path, str]:
     """Teacher (EfficientNet-Lite0 ONNX) embeddings of ``paths`` through the embedding cache;
     returns ``(embeddings, onnx path, teacher model id)``. Undecodable images give zero rows."""
-    from .cache import EmbeddingCache, embed_catalogue
-    from .export import ensure_model
-    from .image import ImageEncoder
+    from encoders.cache import EmbeddingCache, embed_catalogue
+    from encoders.image import ImageEncoder
+    from encoders.registry import ensure_model
 
     if model_dir is None:
         from streams.settings import get_settings
@@ -139,7 +139,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def nn_same_label_rate(x: np.ndarray, labels: np.ndarray) -> float:
     """Share of rows whose nearest cosine neighbour (self excluded) has the same label."""
-    from .variants import _top_k
+    from encoders.training.variants import _top_k
 
     labels = np.asarray(labels)
     nn = _top_k(x, 1)[:, 0]
@@ -426,8 +426,8 @@ def speed_side_by_side(
     """images/s of each ONNX model through :class:`encoders.ImageEncoder` (CPU, ``threads``)
     on the same preprocessed-per-model PIL images, batch sizes timed in interleaved rounds
     (best round kept) so that machine load hits every model alike. Preprocessing excluded."""
-    from .image import ImageEncoder
-    from .preprocess import preprocess
+    from encoders.image import ImageEncoder
+    from encoders.preprocess import preprocess
 
     encs = {k: ImageEncoder(p, device="cpu", threads=threads) for k, p in models.items()}
     xs = {k: preprocess(images, e.input_size) for k, e in encs.items()}
@@ -468,9 +468,9 @@ def distill(
     measure it (held-out agreement, same-type neighbour rate, speed vs the teacher)."""
     import torch
 
-    from .image import ImageEncoder
-    from .preprocess import load_image
-    from .variants import neighbour_agreement
+    from encoders.image import ImageEncoder
+    from encoders.preprocess import load_image
+    from encoders.training.variants import neighbour_agreement
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)

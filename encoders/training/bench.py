@@ -27,7 +27,7 @@ every row alike):
 Model rows are timed at batch 1 and 32 over the same ``--n`` real images, preprocessed once
 up front; one warm-up call per row and batch size is excluded. ``recall@10``: mean recall of
 the ORT fp32 top-10 cosine neighbours (self excluded) among ``--catalogue`` images, none of
-them used to calibrate int8 (:func:`encoders.variants.neighbour_agreement`).
+them used to calibrate int8 (:func:`encoders.training.variants.neighbour_agreement`).
 
 Usage: ``vrec bench encoder [--items CSV | --images DIR] [--n 256] [--catalogue 2000]
 [--threads T] [--device auto|cpu|cuda] [--gpu-batch 256] [--json OUT]``.
@@ -50,10 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from . import variants as V
-from .export import INPUT_NAME, OUTPUT_NAME, sha256_file
-from .image import CUDA_OPTIONS, MODEL_NAME, pad_rows
-from .preprocess import load_image, preprocess
+from encoders.image import CUDA_OPTIONS, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, pad_rows
+from encoders.preprocess import load_image, preprocess
+from encoders.training import variants as V
+from streams.util import sha256_file
 
 __all__ = ["ROWS", "main", "run_bench"]
 
@@ -173,7 +173,7 @@ def _ort_cuda_row(
     alone. ``run_with_iobinding`` returns when the GPU is done."""
     import onnxruntime as ort
 
-    from .image import _try_cuda_session
+    from encoders.image import _try_cuda_session
 
     def session() -> Any:
         options = (CUDA_OPTIONS, {}) if provider_options is None else (provider_options,)
@@ -233,7 +233,7 @@ def _torch_row(
 ) -> Row:
     import torch
 
-    from .export import build_torch_model
+    from encoders.training.export import build_torch_model
 
     start = time.perf_counter()
     model = build_torch_model()
@@ -252,7 +252,7 @@ def _torch_row(
 
 
 def _e2e_row(model_row: Row, path: Path, threads: int, pool: ThreadPoolExecutor) -> Row:
-    from .image import ImageEncoder
+    from encoders.image import ImageEncoder
 
     enc = ImageEncoder(path, device=model_row.device, threads=threads)
 
@@ -436,7 +436,7 @@ def _cuda_rows_wanted(device: str, probe: Path, log: Callable) -> bool:
     """True if CUDA rows should run; for ``--device cuda`` raises if CUDA does not load."""
     import onnxruntime as ort
 
-    from .image import _try_cuda_session
+    from encoders.image import _try_cuda_session
 
     if device == "cpu":
         log("CUDA rows skipped: --device cpu")

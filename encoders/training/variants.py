@@ -55,9 +55,10 @@ from typing import Any
 
 import numpy as np
 
-from .export import INPUT_NAME, ONNX_FILENAME, _write_atomic, ensure_model, sha256_file
-from .image import MODEL_NAME
-from .preprocess import load_image, preprocess
+from encoders.image import INPUT_NAME, MODEL_NAME, ONNX_FILENAME
+from encoders.preprocess import load_image, preprocess
+from encoders.registry import ensure_model
+from streams.util import sha256_file, write_atomic
 
 __all__ = [
     "INT8_FP32_NODES",
@@ -322,7 +323,7 @@ def build_variant(
             raise ValueError(f"cannot build variant {name!r}")
 
     with _quiet_root_logger():
-        _write_atomic(dst, write)
+        write_atomic(dst, write)
     digest = sha256_file(dst)
     meta = {
         "model_id": f"{MODEL_NAME}-{digest[:12]}",
@@ -333,7 +334,7 @@ def build_variant(
         "sha256": digest,
         **info,
     }
-    _write_atomic(
+    write_atomic(
         dst.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n")
     )
     return dst

@@ -12,8 +12,9 @@ Three measurements over the whole catalogue, for image-only, text-only and fused
   title and description) of the same product_type_name? Rate at 1 and precision at 10.
 * **eval**: the ``visual`` baseline of :mod:`vrec_tools.eval.baselines` on the dev split (history
   before 2020-09-17, truth 2020-09-17..19) with the catalogue's fused vectors at each ``w``:
-  MAP@12 all / warm (``w = 0`` is the image-only baseline). ``--baseline tuned`` runs the tuned
-  hybrid of issue 3 instead, its visual signal on the fused vectors.
+  MAP@12 all / warm (``w = 0`` is the image-only baseline). ``--baseline live`` runs the live
+  core instead (the hybrid ranker of streams/recommend.py, in-process), its visual signal on the
+  fused vectors.
 
 Leakage: ``detail_desc`` and the product type itself are part of the text, so text-only and
 fused numbers for product-type classification and neighbours are an upper bound (the label is
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .fusion import fuse
+from encoders.fusion import fuse
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-EVAL_BASELINES = ("visual", "tuned", "visual_per_modality")
+EVAL_BASELINES = ("visual", "live", "visual_per_modality")
 EVAL_HEADER = (
     "text weight", "MAP@12 all", "MAP@12 warm", "HR@12 all", "HR@12 warm", "coverage",
     "warm MAP vs first weight [95% CI]",
@@ -61,7 +62,7 @@ _EMBED_CHUNK = 512
 def catalogue_texts(items: Any, columns: Sequence[str] | None = None) -> list[str]:
     """The text of every catalogue row: :func:`encoders.text.item_text` (name, product type,
     colour, description), or the given ``columns`` joined the same way."""
-    from .text import HM_TEXT_COLUMNS, join_text
+    from encoders.text import HM_TEXT_COLUMNS, join_text
 
     cols = tuple(columns) if columns else HM_TEXT_COLUMNS
     return [join_text([r.get(c) for c in cols]) for r in items.rows]
@@ -163,7 +164,7 @@ def classify_table(
     All inputs must have the same rows (drop items without an image from every input first:
     ``run_classify`` drops all-zero rows, which would change the split between inputs).
     """
-    from .train import run_classify
+    from encoders.training.train import run_classify
 
     out = {}
     for name, x in inputs.items():
@@ -191,13 +192,14 @@ def eval_table(
 ) -> dict[str, dict[str, Any]]:
     """An offline baseline on the dev split with fused vectors at each text weight.
 
-    ``baseline``: ``"visual"`` (cosine to the user's decayed mean vector) or ``"tuned"`` (the
-    tuned hybrid of issue 3, whose visual signal then uses the fused vectors) or
+    ``baseline``: ``"visual"`` (cosine to the user's decayed mean vector) or ``"live"`` (the
+    live core, :func:`vrec_tools.eval.livecore.live_lists`, ranking with the fused vectors) or
     ``"visual_per_modality"`` (:func:`visual_per_modality`). Each weight's
     result also has ``delta_map_warm`` against the first weight with a 95% paired bootstrap
     interval over the warm users (:func:`paired_bootstrap`).
     """
-    from vrec_tools.eval.baselines import TUNED, catalogue_prices, hybrid, visual
+    from vrec_tools.eval.baselines import visual
+    from vrec_tools.eval.livecore import live_lists, live_settings
     from vrec_tools.eval.data import dev_split, load_events, load_items
     from vrec_tools.eval.metrics import apk, evaluate
 
@@ -207,7 +209,6 @@ def eval_table(
     events = load_events(data_dir, items)
     history, truth, warm = dev_split(events, cutoff, end)
     users = list(truth)
-    price = catalogue_prices(history, cutoff) if baseline == "tuned" else None
     out: dict[str, dict[str, Any]] = {}
     warm_users = [u for u in truth if u in warm]
     first_ap: np.ndarray | None = None
@@ -216,11 +217,11 @@ def eval_table(
         emb = fused_catalogue(image, text, w)
         if baseline == "visual_per_modality":
             preds = visual_per_modality(history, users, image, text, w, cutoff=cutoff)
-        elif baseline == "tuned":
-            preds = hybrid(
-                history, users, emb, TUNED, product_code=items.product_code, price=price,
-                cutoff=cutoff,
-            )  # fmt: skip
+        elif baseline == "live":
+            vectors = dict(zip(items.article_id.tolist(), emb))
+            preds = live_lists(
+                live_settings(12), users, data_dir=data_dir, cutoff=cutoff, end=end, vectors=vectors
+            )
         else:
             preds = visual(history, users, emb, cutoff=cutoff)
         res = evaluate(preds, truth, warm, catalogue_size=len(items))
@@ -337,12 +338,12 @@ def _fmt_rows(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from encoders.cache import EmbeddingCache
+    from encoders.registry import ensure_text_model
+    from encoders.text import TextEncoder
+    from encoders.training.classify import HeadConfig
     from streams.settings import get_settings
     from vrec_tools.eval.data import DEFAULT_HM_DIR, DEV_CUTOFF, DEV_END, load_items
-
-    from .cache import EmbeddingCache
-    from .classify import HeadConfig
-    from .text import TextEncoder, ensure_text_model
 
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"classify", "neighbours", "eval"}
@@ -441,8 +442,10 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m encoders.multimodal ...``: the same as ``vrec train multimodal ...``."""
-    parser = argparse.ArgumentParser(prog="python -m encoders.multimodal", description=__doc__)
+    """``python -m encoders.training.multimodal ...``: the same as ``vrec train multimodal ...``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m encoders.training.multimodal", description=__doc__
+    )
     add_args(parser)
     return run_cli(parser.parse_args(argv))
 

@@ -14,17 +14,19 @@ the ``--group`` column (else by item), and prints a per-class report. The head f
 the upload) for uploads without it.
 
 ``vrec train distill [--limit N] [--epochs N] [--seed S] [--size PX] [--out DIR] ...`` distils
-the EfficientNet-Lite0 encoder into a faster MobileNetV2 student (see :mod:`encoders.distill`).
+the EfficientNet-Lite0 encoder into a faster MobileNetV2 student
+(see :mod:`encoders.training.distill`).
 
 ``vrec train adversarial [--limit N] [--epochs N] [--seed S] [--eps LEVELS] [--out DIR] ...``
 fine-tunes the encoder's last blocks against adversarial and realistic perturbations (see
-:mod:`encoders.adversarial`).
+:mod:`encoders.training.adversarial`).
 
 ``vrec train multimodal [--parts classify,neighbours,eval] [--weights W,...] ...`` measures what
-the text embedding adds to the image embedding (see :mod:`encoders.multimodal`).
+the text embedding adds to the image embedding (see :mod:`encoders.training.multimodal`).
 
 ``vrec train similarity --label COLUMN --colour COLUMN [--group COLUMN]`` trains a colour-aware
-projection head on the frozen encoder and exports base + head (see :mod:`encoders.similarity`).
+projection head on the frozen encoder and exports base + head
+(see :mod:`encoders.training.similarity`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .classify import (
+from encoders.training.classify import (
     TARGETS,
     HeadConfig,
     encode_labels,
@@ -77,14 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--limit", type=int, default=0, help="use only the first N items (0: all)")
     p.add_argument("--no-progress", action="store_true")
-    from . import adversarial, distill
+    from encoders.training import adversarial, distill
 
     distill.add_args(sub.add_parser("distill", help="distil the encoder into a MobileNetV2"))
     adversarial.add_args(sub.add_parser("adversarial", help="perturbation-robust fine-tuning"))
-    from . import multimodal
+    from encoders.training import multimodal
 
     multimodal.add_args(sub.add_parser("multimodal", help="image + text fusion: measurements"))
-    from . import similarity
+    from encoders.training import similarity
 
     similarity.add_args(sub.add_parser("similarity", help="colour-aware projection head"))
     return ap
@@ -96,19 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "classify":
         return _classify_label(args) if args.label else _classify(args)
     if args.command == "distill":
-        from .distill import run_cli
+        from encoders.training.distill import run_cli
 
         return run_cli(args)
     if args.command == "adversarial":
-        from .adversarial import run_cli as run_adversarial_cli
+        from encoders.training.adversarial import run_cli as run_adversarial_cli
 
         return run_adversarial_cli(args)
     if args.command == "multimodal":
-        from .multimodal import run_cli as run_multimodal_cli
+        from encoders.training.multimodal import run_cli as run_multimodal_cli
 
         return run_multimodal_cli(args)
     if args.command == "similarity":
-        from .similarity import run_cli as run_similarity_cli
+        from encoders.training.similarity import run_cli as run_similarity_cli
 
         return run_similarity_cli(args)
     return 2  # pragma: no cover - argparse rejects anything else
@@ -208,7 +210,7 @@ def run_classify(
             extra={"min_count": min_count, "rare": ls.rare, "head": metrics["head"]},
             field=field,
         )
-        from .classify import CategoryClassifier
+        from encoders.classify import CategoryClassifier
 
         clf = CategoryClassifier(onnx_path)
         diff = float(np.max(np.abs(clf.predict_proba(x[te]) - p_te))) if len(te) else 0.0
@@ -364,8 +366,9 @@ def label_field(cmap: Any, label: str) -> str:
 
 
 def _classify_label(args: argparse.Namespace) -> int:
-    from encoders import ImageEncoder, ensure_model
+    from encoders import ImageEncoder
     from encoders.cache import EmbeddingCache, embed_catalogue
+    from encoders.registry import ensure_model
     from streams.settings import get_settings
     from vrec_tools.catalogue_import import HM_MAP, column_map
     from vrec_tools.eval.data import DEFAULT_HM_DIR

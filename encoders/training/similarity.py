@@ -19,11 +19,11 @@ held-out products, on which the baseline (the raw embeddings) and the head are c
 neighbours of the same group left out).
 
 Export: the graph ``pixels (N, 3, 224, 224) -> embedding (N, dim)`` is the base encoder
-(:func:`encoders.export.build_torch_model`), an L2 normalisation (the space the head was trained
-on), the colour grid (``avg_pool2d`` of the pixels) and the head, so it keeps the
+(:func:`encoders.training.export.build_torch_model`), an L2 normalisation (the space the head was
+trained on), the colour grid (``avg_pool2d`` of the pixels) and the head, so it keeps the
 ``pixels -> embedding`` contract and :class:`ImageEncoder` loads it
 (``VREC_ENCODER_MODEL=<models>/similarity-efficientnet_lite0``). Files, as
-:mod:`encoders.distill`: ``<models>/similarity-efficientnet_lite0/<sha12>.onnx`` (metadata
+:mod:`encoders.training.distill`: ``<models>/similarity-efficientnet_lite0/<sha12>.onnx`` (metadata
 ``model_name``, so the model id is ``similarity-efficientnet_lite0-<sha12>``), ``current.json``,
 ``<sha12>.metrics.json`` and ``<sha12>.heldout.csv`` (the held-out catalogue rows, image paths
 absolute, for ``vrec eval catalogue --items ... --model ...``). The ONNX output is checked
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .export import EMBED_DIM, INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
+from encoders.image import EMBED_DIM, INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
 
 if TYPE_CHECKING:
     import torch
@@ -243,7 +243,7 @@ def head_embeddings(head: torch.nn.Module, x: np.ndarray, batch: int = 8192) -> 
     """Unit-norm head outputs of rows ``x`` (zero rows stay zero), float32."""
     import torch
 
-    from .fusion import l2_normalise
+    from encoders.fusion import l2_normalise
 
     ok = np.abs(x).sum(axis=1) > 0
     out = []
@@ -271,8 +271,8 @@ def catalogue_colour_grids(
     embedding cache under :data:`COLOUR_ID` by image sha256."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .cache import sha256_file
-    from .preprocess import ImageError, load_image, preprocess
+    from encoders.preprocess import ImageError, load_image, preprocess
+    from streams.util import sha256_file
 
     def digest(p: Path | None) -> str | None:
         try:
@@ -316,7 +316,7 @@ def build_encoder(
     import torch
     import torch.nn.functional as F
 
-    from .export import build_torch_model
+    from encoders.training.export import build_torch_model
 
     block = INPUT_SIZE // COLOUR_GRID
 
@@ -340,7 +340,7 @@ def image_parity(model: torch.nn.Module, onnx_path: Path, paths: Sequence[Path])
     import onnxruntime as ort
     import torch
 
-    from .preprocess import load_image, preprocess
+    from encoders.preprocess import load_image, preprocess
 
     x = preprocess([load_image(p) for p in paths], INPUT_SIZE).astype(np.float32)
     with torch.no_grad():
@@ -361,7 +361,7 @@ def export_similarity_model(
 ) -> tuple[str, Path, torch.nn.Module, float]:
     """Export base (+ colour grid) + head; returns (model id, ONNX path, the torch encoder,
     random-input parity). The file lands in ``<out_dir>/similarity-efficientnet_lite0/``."""
-    from .distill import export_embedding_model
+    from encoders.training.distill import export_embedding_model
 
     model = build_encoder(head, colour=colour)
     model_id, path, diff = export_embedding_model(model, INPUT_SIZE, out_dir, NAME, metadata)
@@ -464,10 +464,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> int:
     """``vrec train similarity``: train, measure, export, check parity; prints the table."""
+    from encoders.cache import EmbeddingCache
+    from encoders.registry import ensure_model
     from vrec_tools.eval.catalogue import column_map, image_vectors, read_catalogue
-
-    from .cache import EmbeddingCache
-    from .export import ensure_model
 
     log = log or (lambda s: print(s, file=sys.stderr))
     from streams.settings import get_settings
@@ -514,8 +513,8 @@ def run_cli(args: argparse.Namespace, log: Callable[[str], None] | None = None) 
         ),
     ]
     if not args.no_export:
-        from .distill import metrics_path, write_json
-        from .image import ImageEncoder
+        from encoders.image import ImageEncoder
+        from encoders.training.distill import metrics_path, write_json
 
         model_id, path, model, diff = export_similarity_model(
             head, out_dir, {"base": base_id, "label": args.label, "colour": args.colour,

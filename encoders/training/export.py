@@ -8,54 +8,36 @@ classifier. The embedding is **not** L2-normalised in the graph; :class:`encoder
 normalises it. torch, onnx and the two weight packages are only needed here (``vrec[torch]``)
 and are imported lazily.
 
-Usage: ``python -m encoders.export --model-dir DIR`` prints the path of the ONNX file.
+Usage: ``python -m encoders.training.export --model-dir DIR`` prints the path of the ONNX file.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .image import MODEL_NAME
+from encoders.image import (
+    EMBED_DIM,
+    INPUT_NAME,
+    INPUT_SIZE,
+    MODEL_NAME,
+    NORMALISATION,
+    ONNX_FILENAME,
+    OUTPUT_NAME,
+)
+from encoders.registry import ensure_model
+from streams.util import sha256_file, write_atomic
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = [
-    "EMBED_DIM",
-    "INPUT_NAME",
-    "INPUT_SIZE",
-    "MODEL_NAME",
-    "ONNX_FILENAME",
-    "OUTPUT_NAME",
-    "build_torch_model",
-    "ensure_model",
-    "export_onnx",
-    "sha256_file",
-]
+__all__ = ["build_torch_model", "export_onnx"]
 
-ONNX_FILENAME = f"{MODEL_NAME}.onnx"
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "embedding"
-INPUT_SIZE = 224
-EMBED_DIM = 1280
-NORMALISATION = "(x/255 - 0.5) / 0.5 (RGB, NCHW, [-1, 1])"
 _PARITY_TOL = 1e-4
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_torch_model() -> torch.nn.Module:
@@ -81,20 +63,6 @@ def build_torch_model() -> torch.nn.Module:
     backbone._fc = torch.nn.Identity()  # unused by extract_features; keeps the export lean
     backbone._dropout = torch.nn.Identity()
     return LiteEmbedding(backbone).eval()
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_parity(model: torch.nn.Module, onnx_path: Path) -> float:
@@ -151,7 +119,7 @@ def export_onnx(out_path: Path, *, opset: int = 17) -> Path:
             onnx.checker.check_model(str(tmp))
         _check_parity(model, tmp)
 
-    _write_atomic(out_path, write_onnx)
+    write_atomic(out_path, write_onnx)
     digest = sha256_file(out_path)
     meta = {
         "model_id": f"{MODEL_NAME}-{digest[:12]}",
@@ -169,31 +137,16 @@ def export_onnx(out_path: Path, *, opset: int = 17) -> Path:
         "sha256": digest,
         "torch": torch.__version__,
     }
-    _write_atomic(
+    write_atomic(
         out_path.with_suffix(".json"),
         lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"),
     )
     return out_path
 
 
-def ensure_model(model_dir: Path) -> Path:
-    """Return ``model_dir/efficientnet_lite0.onnx``, exporting it first if it does not exist."""
-    path = Path(model_dir) / ONNX_FILENAME
-    if path.is_file():
-        return path
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise RuntimeError(
-            f"{path} does not exist and torch is not installed to export it: "
-            "install the export extras (pip install 'vrec[torch]') or copy the ONNX file there"
-        ) from None
-    return export_onnx(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: export the model if needed and print its path."""
-    parser = argparse.ArgumentParser(prog="python -m encoders.export", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m encoders.training.export", description=__doc__)
     parser.add_argument(
         "--model-dir",
         type=Path,

@@ -1,7 +1,7 @@
 """Adversarial + perturbation fine-tuning of the EfficientNet-Lite0 embedding model.
 
-The torch model of :func:`encoders.export.build_torch_model` is fine-tuned so that an image's
-embedding stays put when the image is perturbed, without moving clean embeddings:
+The torch model of :func:`encoders.training.export.build_torch_model` is fine-tuned so that an
+image's embedding stays put when the image is perturbed, without moving clean embeddings:
 
 * adversarial examples: FGSM with a random start (training) and PGD (evaluation) maximise the
   embedding drift ``1 - cos(f(x + d), f(x))`` within an L-inf ball of ``eps`` pixel levels
@@ -40,7 +40,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from .distill import (
+from encoders.image import INPUT_SIZE
+from encoders.preprocess import load_image, preprocess
+from encoders.training.distill import (
     _batches,
     _tqdm,
     _unit,
@@ -52,8 +54,6 @@ from .distill import (
     prepare_run,
     write_json,
 )
-from .export import INPUT_SIZE
-from .preprocess import load_image, preprocess
 
 __all__ = [
     "ADV_NAME",
@@ -334,8 +334,8 @@ def run_adversarial(
     """Split by product code, evaluate the original model, fine-tune, evaluate again, export."""
     import torch
 
-    from .export import build_torch_model
-    from .image import ImageEncoder
+    from encoders.image import ImageEncoder
+    from encoders.training.export import build_torch_model
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -371,7 +371,7 @@ def run_adversarial(
     after = evaluate(model, *sets(te), cfg, orig_te, attack_n=attack_n, progress=progress)
     before["clean_recall_vs_original"] = 1.0
     metrics: dict[str, Any] = {
-        "base": "efficientnet_lite0 (encoders.export.build_torch_model)",
+        "base": "efficientnet_lite0 (encoders.training.export.build_torch_model)",
         "n_images": len(paths),
         "n_train": int(len(tr)),
         "n_heldout_eval": int(len(te)),
