@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/eval_bounds.py [--cache .cache/embeddings.sqlite]
 
-Prints, offline (numpy, the ``tuned`` hybrid of vrec_tools.eval.baselines):
+Prints, offline (numpy, the live core of vrec_tools.eval.livecore):
 
 * cold customers: our popularity list, and the best single list in hindsight (the 12 articles
   cold customers bought most in the truth period);
@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vrec_tools.eval import baselines as B
-from vrec_tools.eval.data import dev_split, load_hm
+from vrec_tools.eval.data import DEV_CUTOFF, DEV_END, catalogue_prices, dev_split, load_hm
+from vrec_tools.eval.livecore import live_lists, live_settings
 from vrec_tools.eval.metrics import apk, map_at_k
 
 TARGET_ALL = 0.0170
@@ -83,13 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  warm MAP@12 needed for all >= {TARGET_ALL} with {name}: {need:.3f}")
 
     # -- warm customers: the tuned ranking and perfect reorderings of parts of it
-    emb = B.catalogue_embeddings(items, args.cache)
-    price = B.catalogue_prices(history, cutoff)
+    price = catalogue_prices(history, cutoff)
     users = sorted(warm)
-    ranked = B.hybrid(
-        history, users, emb, B.TUNED, product_code=items.product_code, price=price,
-        cutoff=cutoff, k=DEPTH,
-    )  # fmt: skip
+    ranked = live_lists(  # the live core (the one ranker), in-process
+        live_settings(DEPTH, args.cache),
+        users,
+        cutoff=DEV_CUTOFF,
+        end=DEV_END,
+    )
     index = items.index()
     own_of = collections.defaultdict(set)
     for u, i in zip(history.user, history.item):

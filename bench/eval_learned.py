@@ -1,4 +1,4 @@
-"""A learned re-ranker of the tuned hybrid on the H&M dev split (docs/eval.md, "Upper bounds").
+"""A learned re-ranker of the live hybrid on the H&M dev split (docs/eval.md, "Upper bounds").
 
     .venv/bin/python bench/eval_learned.py [--cache .cache/embeddings.sqlite] [--depth 30]
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from vrec_tools.eval import baselines as B
-from vrec_tools.eval.data import dev_split, load_hm
+from vrec_tools.eval.data import DEV_CUTOFF, DEV_END, catalogue_prices, dev_split, load_hm
+from vrec_tools.eval.livecore import live_lists, live_settings
 from vrec_tools.eval.metrics import map_at_k
 
 CATEGORIES = ("product_type_name", "product_group_name", "garment_group_name", "index_group_name")
@@ -57,12 +58,14 @@ def candidate_features(args: argparse.Namespace):
     history, truth, warm = split
     cutoff = split.cutoff_day
     emb = B.catalogue_embeddings(items, args.cache)
-    price = B.catalogue_prices(history, cutoff)
+    price = catalogue_prices(history, cutoff)
     users = sorted(warm)
-    tuned = B.hybrid(
-        history, users, emb, B.TUNED, product_code=items.product_code, price=price,
-        cutoff=cutoff, k=args.depth,
-    )  # fmt: skip
+    tuned = live_lists(  # the live core (the one ranker), in-process
+        live_settings(args.depth, args.cache),
+        users,
+        cutoff=DEV_CUTOFF,
+        end=DEV_END,
+    )
     index = items.index()
     code = items.product_code
     cats = [_codes([r[a] for r in items.rows]) for a in CATEGORIES]

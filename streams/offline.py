@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from streams.catalogue import Catalogue
 from streams.events import Interaction, Recommendation, Tick
 from streams.experiment import from_settings
+from streams.ranking import top_trending
 from streams.recommend import variant_configs
 from streams.runtime import PartitionStates
 from streams.settings import Settings
@@ -115,3 +116,23 @@ class OfflineUsers:
             for user_id in chunk:
                 for day in closing[user_id]:
                     part.active.discard(0, day, user_id)
+
+
+def replay_history(
+    settings: Settings, catalogue: Catalogue, history: Iterable[Interaction]
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The live core over a history, as ``vrec eval`` replays it: events in time order (stable
+    within a time), then a clock mark closing the last day when ``day_close_refresh`` is on.
+
+    Returns each user's last list (item ids, their own variant's) and the trending list after
+    the history. This is the offline entry point of the one ranker: evaluation, experiments
+    and benches call it instead of a re-implementation.
+    """
+    users = OfflineUsers(settings, catalogue)
+    events: list[Interaction | Tick] = sorted(history, key=lambda e: e.ts)
+    if events and settings.day_close_refresh:
+        day = settings.trending_bucket_s
+        events.append(Tick(ts=(max(e.ts for e in events) // day + 1) * day))
+    users.feed(events)
+    lists = {u: [i.item_id for i in r.items] for u, r in users.last_lists().items()}
+    return lists, [s.item_id for s in top_trending(users.part.trending, settings.top_k)]

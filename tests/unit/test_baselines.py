@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 
 from vrec_tools.eval.baselines import (
-    TUNED,
-    HybridWeights,
-    catalogue_prices,
+    BASELINES,
+    LIVE_ABLATIONS,
     co_counts,
-    hybrid,
     itemcf,
     popularity,
     popularity_counts,
@@ -18,7 +16,14 @@ from vrec_tools.eval.baselines import (
     repurchase,
     visual,
 )
-from vrec_tools.eval.data import Events, day_number, dev_split, load_events, load_items
+from vrec_tools.eval.data import (
+    Events,
+    catalogue_prices,
+    day_number,
+    dev_split,
+    load_events,
+    load_items,
+)
 
 CUT = "2020-01-10"
 
@@ -219,7 +224,7 @@ def test_itemcf_recommends_co_purchased_items() -> None:
     assert own[:2] == ["Y", "Z"]  # co(X, X) = 0: own item has no score of its own
 
 
-# ------------------------------------------------------------------------- visual / hybrid
+# ------------------------------------------------------------------------- visual
 
 
 def _vis_setup() -> tuple[Events, np.ndarray]:
@@ -259,24 +264,6 @@ def test_visual_ranks_by_cosine() -> None:
         visual(e, ["u"], emb[:3], cutoff=CUT)
 
 
-def test_hybrid_signals() -> None:
-    e, emb = _vis_setup()
-    only_rep = HybridWeights(rep=1.0, cf=0.0, vis=0.0, pop=0.1)
-    preds = hybrid(e, ["u", "cold"], emb, only_rep, cutoff=CUT, k=3)
-    assert preds["u"] == ["A", "D", "E"]  # own purchase, then log-popularity
-    assert preds["cold"] == ["D", "E"]
-    vis_heavy = HybridWeights(rep=0.0, cf=0.0, vis=1.0, pop=0.0)
-    assert hybrid(e, ["u"], emb, vis_heavy, cutoff=CUT, k=3)["u"] == ["A", "B", "C"]
-    # product_code siblings: B shares A's product code -> ranked right after A
-    sib = HybridWeights(rep=1.0, cf=0.0, vis=0.0, pop=0.1, sib=0.5)
-    codes = np.array([1, 1, 2, 3, 4])
-    assert hybrid(e, ["u"], emb, sib, product_code=codes, cutoff=CUT, k=3)["u"] == [
-        "A",
-        "B",
-        "D",
-    ]
-
-
 def _priced(e: Events, prices: list[float]) -> Events:
     from dataclasses import replace
 
@@ -299,41 +286,16 @@ def test_catalogue_prices_median_before_cutoff() -> None:
     assert prices == pytest.approx([0.02, 0.05, 0.0, 0.0])  # C: on the cutoff; D: never sold
 
 
-def test_hybrid_price_weighting_and_popular_siblings() -> None:
-    e = ev(
-        ("09", "u", "cheap"),
-        ("09", "u", "dear"),
-        ("08", "p1", "dear-z"),  # a popular sibling of "dear"
-        ("08", "p2", "dear-z"),
-        items=["cheap", "dear", "dear-a", "dear-z", "other"],
-    )
-    codes = np.array([1, 2, 2, 2, 3])
-    price = np.array([0.01, 0.05, 0.05, 0.05, 0.0])
-    base = HybridWeights(rep=1.0, cf=0.0, vis=0.0, pop=0.0, sib=0.5)
-    run = lambda w: hybrid(e, ["u"], None, w, product_code=codes, price=price, cutoff=CUT, k=4)["u"]  # noqa: E731
-    # same day, no price: the purchases tie (code order), then the siblings (code order)
-    assert run(base) == ["cheap", "dear", "dear-a", "dear-z"]
-    # price: the dear purchase first; the cheap one (0.2) below the siblings (0.5)
-    assert run(HybridWeights(**{**base.__dict__, "price_exponent": 1.0})) == [
-        "dear", "dear-a", "dear-z", "cheap",
-    ]  # fmt: skip
-    # sibling popularity boost: the popular sibling first among the siblings
-    boosted = HybridWeights(**{**base.__dict__, "price_exponent": 1.0, "sib_pop": 1.0})
-    assert run(boosted) == ["dear", "dear-z", "dear-a", "cheap"]
-    with pytest.raises(ValueError):
-        hybrid(e, ["u"], None, boosted, product_code=codes, price=price[:2], cutoff=CUT)
-
-
-def test_tuned_matches_live_defaults() -> None:
-    from streams.ranking.hybrid import HybridWeights as LiveWeights
+def test_the_hybrid_baselines_are_the_live_core_with_valid_overrides() -> None:
+    """No offline re-implementation of the hybrid: its baselines are settings of the live core."""
     from streams.settings import Settings
+    from vrec_tools.eval import baselines
 
-    s = Settings()
-    live = LiveWeights.from_settings(s)
-    assert (live.rep, live.sib, live.cf, live.vis, live.pop) == (
-        TUNED.rep, TUNED.sib, TUNED.cf, TUNED.vis, TUNED.pop,
-    )  # fmt: skip
-    assert (live.price_exponent, live.sib_pop) == (TUNED.price_exponent, TUNED.sib_pop)
-    assert s.trending_distinct_buyers == TUNED.pop_unique
-    assert s.trending_channel_weights == TUNED.pop_channel_weights
-    assert s.trending_window_days == TUNED.pop_days and s.half_life_days == TUNED.half_life
+    assert not hasattr(baselines, "hybrid") and not hasattr(baselines, "HybridWeights")
+    assert {n for n in BASELINES if n.startswith("live")} == set(LIVE_ABLATIONS)
+    base = Settings()
+    for name, overrides in LIVE_ABLATIONS.items():
+        assert set(overrides) <= set(Settings.model_fields), name
+        changed = Settings.model_validate({**base.model_dump(exclude={"topics"}), **overrides})
+        for key, value in overrides.items():
+            assert getattr(changed, key) == value != getattr(base, key), (name, key)

@@ -25,8 +25,9 @@ Signals (item codes are rows of ``history.items``, i.e. catalogue rows; ``age`` 
   purchases) ** a`` times its decay in ``rep`` and ``sib`` (items without a price: factor 1).
 * popular siblings (``sib_pop`` b > 0): ``sib_j *= 1 + b * log1p(pop_j) / log1p(max pop)``.
 
-The hybrid score is a weighted sum of those signals (each scaled to at most 1 per user, see
-:func:`hybrid`) plus ``w_pop * log1p(pop_j) / log1p(max pop)``.
+The hybrid ranker itself is not re-implemented here: the ``live*`` baselines run the live core
+(streams/recommend.py, the one ranker) in-process over the same history
+(:func:`vrec_tools.eval.livecore.live_lists`), with the ablations of :data:`LIVE_ABLATIONS`.
 """
 
 from __future__ import annotations
@@ -36,21 +37,26 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .data import DEFAULT_HM_DIR, DEV_CUTOFF, DEV_END, Events, Items, day_number, dev_split
+from .data import (
+    DEFAULT_HM_DIR,
+    DEV_CUTOFF,
+    DEV_END,
+    Events,
+    Items,
+    cutoff_day_number,
+    dev_split,
+)
 from .metrics import evaluate
 
 __all__ = [
     "BASELINES",
-    "HybridWeights",
     "catalogue_embeddings",
-    "catalogue_prices",
     "co_counts",
-    "hybrid",
     "itemcf",
     "popularity",
     "popularity_ranking",
@@ -80,7 +86,7 @@ class _Index:
     @classmethod
     def build(cls, history: Events, users: Iterable[str], cutoff: str | int | None) -> _Index:
         users = list(users)
-        cutoff_day = _cutoff_day(history, cutoff)
+        cutoff_day = cutoff_day_number(history, cutoff)
         order = np.lexsort((history.src_row, history.day, history.user))
         user_sorted = history.user[order]
         ptr = np.searchsorted(user_sorted, np.arange(len(history.users) + 1)).astype(np.int64)
@@ -102,14 +108,6 @@ class _Index:
 
     def decay(self, days: np.ndarray, half_life: float) -> np.ndarray:
         return np.exp2(-(self.cutoff_day - days.astype(np.float64)) / half_life)
-
-
-def _cutoff_day(history: Events, cutoff: str | int | None) -> int:
-    if cutoff is None:
-        return int(history.day.max()) + 1 if len(history) else 0
-    if isinstance(cutoff, str):
-        return int(day_number(cutoff))
-    return int(cutoff)
 
 
 def _topk(scores: np.ndarray, k: int) -> np.ndarray:
@@ -152,7 +150,7 @@ def popularity_counts(
     channel) counts once in the window. ``channel_weights`` ({sales_channel_id: weight},
     missing channels weigh 1): each counted purchase adds its channel's weight.
     """
-    c = _cutoff_day(history, cutoff)
+    c = cutoff_day_number(history, cutoff)
     mask = (history.day < c) & (history.day >= c - days)
     item = history.item[mask].astype(np.int64)
     channel = history.channel[mask].astype(np.int64)
@@ -184,7 +182,7 @@ def popularity_ranking(
     Ties: later last purchase (before the cutoff) first, then catalogue order. Items never
     bought in the window are not listed.
     """
-    c = _cutoff_day(history, cutoff)
+    c = cutoff_day_number(history, cutoff)
     counts = popularity_counts(
         history, days, c, unique_customers=unique_customers, channel_weights=channel_weights
     )
@@ -472,156 +470,6 @@ def visual(
     return _to_ids(ix, lists)
 
 
-@dataclass(frozen=True)
-class HybridWeights:
-    """Weights and windows of :func:`hybrid` (defaults: the reference hybrid)."""
-
-    rep: float = 1.0
-    cf: float = 0.3
-    vis: float = 0.5
-    pop: float = 0.3
-    sib: float = 0.0
-    pop_days: float = 7
-    pop_unique: bool = False  # popularity counts distinct (customer, item, channel) triples
-    pop_channel_weights: Mapping[int, float] | None = None  # {sales_channel_id: weight}
-    half_life: float = 30.0  # days, for rep / cf seeds / sib / the visual user vector
-    window_days: int = 0  # co-purchase: 0 = same (customer, day) basket
-    candidate_days: float | None = None  # restrict non-own candidates to items sold recently
-    price_exponent: float = 0.0  # rep/sib purchases weighted by (price / user's max) ** this
-    sib_pop: float = 0.0  # sib_j *= 1 + sib_pop * log1p(pop_j) / log1p(max pop)
-
-
-def hybrid(
-    history: Events,
-    users: Iterable[str],
-    embeddings: np.ndarray | None = None,
-    weights: HybridWeights | None = None,
-    *,
-    product_code: np.ndarray | None = None,
-    price: np.ndarray | None = None,
-    cutoff: str | int | None = None,
-    k: int = 12,
-    co: CoCounts | None = None,
-) -> Predictions:
-    """Weighted sum of the signals of the module docstring, top ``k`` per user.
-
-    ``price[i]`` is the catalogue price of item code ``i`` (0 or NaN: unknown), used with
-    ``weights.price_exponent``.
-
-    ``score_j = rep * rep_j / max(rep) + cf * cf_j / max(cf) + vis * cos_j
-    + pop * log1p(pop_j) / log1p(max pop) + sib * sib_j / max(sib)`` (each ``max`` over the
-    items of this user; a signal that is all zero adds nothing). Users without history get the
-    pure popularity ranking. Candidates: every item with an embedding (or all without
-    embeddings), narrowed to items sold in the last ``candidate_days`` plus the user's own
-    purchases and their siblings when ``candidate_days`` is set.
-    """
-    w = weights or HybridWeights()
-    ix = _Index.build(history, users, cutoff)
-    pop_opts = {"unique_customers": w.pop_unique, "channel_weights": w.pop_channel_weights}
-    pop_rank = popularity_ranking(history, w.pop_days, ix.cutoff_day, **pop_opts)
-    pop = popularity_counts(history, w.pop_days, ix.cutoff_day, **pop_opts)
-    pop_score = np.log1p(pop) / max(np.log1p(pop.max()), 1e-12)
-    co = co if co is not None else (co_counts(history, w.window_days) if w.cf else None)
-    emb = None
-    if embeddings is not None and w.vis:
-        emb = np.asarray(embeddings, dtype=np.float32)
-        if emb.shape[0] != ix.n_items:
-            raise ValueError(f"embeddings has {emb.shape[0]} rows for {ix.n_items} items")
-    base = np.full(ix.n_items, True)
-    if emb is not None:
-        base &= np.linalg.norm(emb, axis=1) > 0
-    if w.candidate_days is not None:
-        base &= popularity_counts(history, w.candidate_days, ix.cutoff_day) > 0
-    sib_index = _sibling_index(product_code) if (w.sib and product_code is not None) else None
-    price_w = None
-    if price is not None and w.price_exponent:
-        price_w = np.nan_to_num(np.asarray(price, dtype=np.float64), nan=0.0)
-        if price_w.shape[0] != ix.n_items:
-            raise ValueError(f"price has {price_w.shape[0]} rows for {ix.n_items} items")
-
-    cosines = _iter_cosines(ix, emb, w.half_life) if emb is not None else None
-    lists = []
-    for n in range(len(ix.users)):
-        cos = next(cosines) if cosines is not None else None
-        items, days = ix.events_of(n)
-        if len(items) == 0:
-            lists.append(pop_rank[:k].tolist())
-            continue
-        decay = ix.decay(days, w.half_life)
-        if price_w is not None:
-            known = price_w[items] > 0
-            if known.any():
-                rel = np.where(known, price_w[items] / price_w[items].max(), 1.0)
-                decay = decay * rel**w.price_exponent
-        cand = base.copy()
-        score = w.pop * pop_score
-        if w.rep:
-            rep = np.bincount(items, weights=decay, minlength=ix.n_items)
-            score = score + w.rep * rep / rep.max()
-            cand[items] = True
-        if co is not None:
-            seeds, sw = _seed_weights(ix, items, days, w.half_life)
-            cf = _cf_scores(ix, co, seeds, sw, 50)
-            if cf.max() > 0:
-                score = score + w.cf * cf / cf.max()
-        if sib_index is not None:
-            sib = _sibling_scores(sib_index, items, decay, ix.n_items)
-            if w.sib_pop:
-                sib = sib * (1.0 + w.sib_pop * pop_score)
-            if sib.max() > 0:
-                score = score + w.sib * sib / sib.max()
-                cand |= sib > 0
-        if cos is not None:
-            score = score + w.vis * cos
-        score = np.where(cand, score, -np.inf)
-        lists.append(_fill(_topk(score, k).tolist(), pop_rank, k))
-    return _to_ids(ix, lists)
-
-
-def _sibling_index(product_code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(group of each item, CSR ptr over groups, items sorted by group)."""
-    _, group = np.unique(np.asarray(product_code), return_inverse=True)
-    group = group.reshape(-1)
-    order = np.argsort(group, kind="stable")
-    ptr = np.searchsorted(group[order], np.arange(group.max() + 2))
-    return group, ptr, order
-
-
-def _sibling_scores(
-    sib_index: tuple[np.ndarray, np.ndarray, np.ndarray],
-    items: np.ndarray,
-    decay: np.ndarray,
-    n_items: int,
-) -> np.ndarray:
-    group, ptr, members = sib_index
-    out = np.zeros(n_items, dtype=np.float64)
-    for i, wi in zip(items.tolist(), decay.tolist()):
-        g = group[i]
-        sib = members[ptr[g] : ptr[g + 1]]
-        out[sib] += wi
-        out[i] -= wi  # not a sibling of itself
-    return np.maximum(out, 0.0)
-
-
-def catalogue_prices(history: Events, cutoff: str | int | None = None) -> np.ndarray:
-    """Catalogue price per item code: the median price paid before the cutoff (0: never sold).
-
-    H&M's articles table has no price; what a shop would list is approximated by what its
-    customers paid. ``vrec eval`` sends the same values as the products' ``price``.
-    """
-    c = _cutoff_day(history, cutoff)
-    mask = history.day < c
-    item = history.item[mask].astype(np.int64)
-    paid = history.price[mask].astype(np.float64)
-    out = np.zeros(len(history.items), dtype=np.float64)
-    order = np.lexsort((paid, item))
-    item, paid = item[order], paid[order]
-    bounds = np.searchsorted(item, np.arange(len(history.items) + 1))
-    for i in np.flatnonzero(np.diff(bounds)).tolist():
-        out[i] = float(np.median(paid[bounds[i] : bounds[i + 1]]))
-    return out
-
-
 # ---------------------------------------------------------------------------------- runner
 
 
@@ -647,31 +495,19 @@ BASELINES = (
     "itemcf",
     "visual",
     "visual_pop",
-    "hybrid",
-    "tuned",
-    "tuned_nochannel",
-    "tuned_novisual",
-    "tuned_noprice",
+    "live",
+    "live_nochannel",
+    "live_novisual",
+    "live_noprice",
 )
 
-#: Best configuration found on the dev split (issue 3), the live defaults (streams.settings):
-#: the reference hybrid with co-purchase 0.15, product-code siblings 0.45 boosted by their
-#: popularity (sib_pop 1), purchases weighted by catalogue price (exponent 1) and a popularity
-#: that counts distinct buyers with store purchases (sales_channel_id 1) weighted 2. "tuned".
-TUNED = HybridWeights(
-    cf=0.15,
-    sib=0.45,
-    sib_pop=1.0,
-    price_exponent=1.0,
-    pop_unique=True,
-    pop_channel_weights={1: 2.0},
-)
-#: The same without the sales channel: "tuned_nochannel".
-TUNED_NOCHANNEL = replace(TUNED, pop_channel_weights=None)
-#: The same without the visual signal: "tuned_novisual" (its contribution).
-TUNED_NOVISUAL = replace(TUNED, vis=0.0)
-#: The same without prices: "tuned_noprice".
-TUNED_NOPRICE = replace(TUNED, price_exponent=0.0)
+#: The live core with one part switched off (settings overrides): its contribution.
+LIVE_ABLATIONS: dict[str, dict[str, object]] = {
+    "live": {},
+    "live_nochannel": {"trending_channel_weights": {}},  # store purchases weigh as online ones
+    "live_novisual": {"w_visual": 0.0},
+    "live_noprice": {"rep_price_exponent": 0.0},
+}
 
 
 def run_baselines(
@@ -689,20 +525,14 @@ def run_baselines(
     history, truth, warm = split
     users = list(truth)
     emb = None
-    if any(n.startswith(("visual", "hybrid", "tuned")) for n in names):
+    if any(n.startswith("visual") for n in names):
         emb = catalogue_embeddings(items, cache_path)
-    price = catalogue_prices(history, cutoff)
 
-    def tuned(weights: HybridWeights) -> Predictions:
-        return hybrid(
-            history,
-            users,
-            emb,
-            weights,
-            product_code=items.product_code,
-            price=price,
-            cutoff=cutoff,
-        )
+    def live(overrides: dict[str, object]) -> Predictions:
+        from vrec_tools.eval.livecore import live_lists, live_settings
+
+        settings = live_settings(12, cache_path).model_copy(update=overrides)
+        return live_lists(settings, users, data_dir=data_dir, cutoff=cutoff, end=end)
 
     runs = {
         "popularity": lambda: popularity(history, users, 7, cutoff=cutoff),
@@ -710,11 +540,7 @@ def run_baselines(
         "itemcf": lambda: itemcf(history, users, cutoff=cutoff),
         "visual": lambda: visual(history, users, emb, cutoff=cutoff),
         "visual_pop": lambda: visual(history, users, emb, pop_weight=0.05, cutoff=cutoff),
-        "hybrid": lambda: hybrid(history, users, emb, cutoff=cutoff),
-        "tuned": lambda: tuned(TUNED),
-        "tuned_nochannel": lambda: tuned(TUNED_NOCHANNEL),
-        "tuned_novisual": lambda: tuned(TUNED_NOVISUAL),
-        "tuned_noprice": lambda: tuned(TUNED_NOPRICE),
+        **{name: (lambda o=o: live(o)) for name, o in LIVE_ABLATIONS.items()},
     }
     out: dict[str, dict[str, float | int]] = {}
     for name in names:

@@ -28,6 +28,13 @@ import numpy as np
 
 from streams.experiment import from_settings
 from streams.settings import REPO_ROOT, Settings, get_settings, isolated_run
+from vrec_tools.eval.livecore import (
+    history_prices,
+    load_products,
+    offline_predictions,
+    split_events,
+    split_log,
+)
 from vrec_tools.eval.metrics import by_variant
 
 METRICS = ("map", "hr", "recall", "ndcg")
@@ -45,26 +52,6 @@ def read_truth(path: Path) -> dict[str, set[str]]:
     return dict(truth)
 
 
-def split_log(path: Path, cutoff: str, end: str):
-    """H&M events.csv split by day: (history events, truth events from cutoff to end)."""
-    from vrec_tools.replay import read_hm_events
-
-    events = read_hm_events(path)
-    c = _day_ts(cutoff)
-    e_end = _day_ts(end) + 86_400
-    return [e for e in events if e.ts < c], [e for e in events if c <= e.ts < e_end]
-
-
-def split_events(path: Path, cutoff: str, end: str):
-    """H&M events.csv split by day: (history events, truth dict)."""
-    history, later = split_log(path, cutoff, end)
-    truth: dict[str, set[str]] = defaultdict(set)
-    for e in later:
-        if e.kind == "purchase":
-            truth[e.user_id].add(e.item_id)
-    return history, dict(truth)
-
-
 def _run_settings(args, **overrides) -> Settings:
     """A run's settings: VREC_*, then --set, --k, the embedding cache (the repository's by
     default) and the catalogue's folder as the image root when none is set."""
@@ -75,42 +62,6 @@ def _run_settings(args, **overrides) -> Settings:
         images = args.images or Path(args.items).parent
         settings = settings.model_copy(update={"image_root": images.resolve()})
     return settings
-
-
-def _day_ts(day: str) -> float:
-    from streams.events import to_epoch
-
-    return to_epoch(day)
-
-
-def history_prices(events: Path, cutoff: str) -> dict[str, float]:
-    """article_id -> median price paid before ``cutoff`` (the products' catalogue price; H&M's
-    articles table has none). The same values as
-    :func:`vrec_tools.eval.baselines.catalogue_prices`."""
-    from vrec_tools.eval.baselines import catalogue_prices
-    from vrec_tools.eval.data import load_events
-
-    log = load_events(events)
-    prices = catalogue_prices(log, cutoff)
-    return {str(a): float(p) for a, p in zip(log.items.tolist(), prices.tolist()) if p > 0}
-
-
-def _catalogue(items: Path, images: Path | None, prices: dict[str, float] | None = None):
-    from vrec_tools.replay import read_hm_items
-
-    products = read_hm_items(items)
-    if prices:
-        products = [
-            p.model_copy(update={"price": prices[p.item_id]}) if p.item_id in prices else p
-            for p in products
-        ]
-    if images is not None:
-        root = Path(items).resolve().parent
-        products = [
-            p.model_copy(update={"image_path": str(images / Path(p.image_path).relative_to(root))})
-            for p in products
-        ]
-    return products
 
 
 def _apply_sets(settings: Settings, pairs: list[str]) -> Settings:
@@ -169,34 +120,6 @@ def live_predictions(settings: Settings, products, history, progress: bool = Tru
         model_id = trending[0].model_id
     lists = {u: [i.item_id for i in r.items] for u, r in last.items()}
     return lists, [i.item_id for i in trending[0].items], np.array(latencies), timings, model_id
-
-
-def offline_predictions(settings: Settings, products, history):
-    """The users agent's logic in-process over the history, then a clock mark closing its last
-    day (as the live eval does): (last list per user, trending list)."""
-    from encoders import ImageEncoder
-    from encoders.cache import EmbeddingCache, embed_catalogue
-    from encoders.registry import ensure_model
-    from streams.catalogue import Catalogue
-    from streams.events import Tick
-    from streams.offline import OfflineUsers
-    from streams.ranking import top_trending
-
-    encoder = ImageEncoder(ensure_model(settings.model_dir), device="cpu")
-    with EmbeddingCache(settings.embedding_cache) as c:
-        vectors = embed_catalogue(encoder, [p.image_path for p in products], c, errors="zero")
-    cat = Catalogue()
-    for p, vec in zip(products, vectors):
-        if np.any(vec):
-            cat.put(p.item_id, vec, p.payload())
-    users = OfflineUsers(settings, cat)
-    events = sorted(history, key=lambda e: e.ts)  # the replay's order (stable within a day)
-    if events and settings.day_close_refresh:
-        day = settings.trending_bucket_s
-        events.append(Tick(ts=(max(e.ts for e in events) // day + 1) * day))
-    users.feed(events)
-    lists = {u: [i.item_id for i in r.items] for u, r in users.last_lists().items()}
-    return lists, [s.item_id for s in top_trending(users.part.trending, settings.top_k)]
 
 
 def summarise(metrics: dict, extra: dict) -> str:
@@ -297,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = {e.user_id for e in history} & set(truth)
     # catalogue prices (the hybrid ranker's price weighting) from the history's purchases
     prices = history_prices(args.events, args.cutoff) if args.events else None
-    products = _catalogue(args.items, args.images, prices)
+    products = load_products(args.items, args.images, prices)
     extra: dict = {"k": args.k, "customers": len(truth), "history_events": len(history)}
 
     if args.baseline == "live":  # the live core in-process (streams/offline.py), no Kafka
@@ -363,7 +286,7 @@ def _prequential(args) -> int:
     else:
         raise SystemExit("give --events, or --history and --truth")
     prices = history_prices(args.events, args.cutoff) if args.events else None
-    products = _catalogue(args.items, args.images, prices)
+    products = load_products(args.items, args.images, prices)
     settings = _run_settings(args, variants_shadow=True)
     experiment = from_settings(settings)
     t0 = time.monotonic()

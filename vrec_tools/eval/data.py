@@ -263,3 +263,32 @@ def dev_split(events: Events, cutoff: str = DEV_CUTOFF, end: str = DEV_END) -> D
     hist_users = {str(u) for u in users[np.unique(history.user)]}
     warm = {u for u in truth if u in hist_users}
     return DevSplit(history, truth, warm, cutoff, end)
+
+
+def catalogue_prices(history: Events, cutoff: str | int | None = None) -> np.ndarray:
+    """Catalogue price per item code: the median price paid before the cutoff (0: never sold).
+
+    H&M's articles table has no price; what a shop would list is approximated by what its
+    customers paid. ``vrec eval`` sends the same values as the products' ``price``.
+    """
+    c = cutoff_day_number(history, cutoff)
+    mask = history.day < c
+    item = history.item[mask].astype(np.int64)
+    paid = history.price[mask].astype(np.float64)
+    out = np.zeros(len(history.items), dtype=np.float64)
+    order = np.lexsort((paid, item))
+    item, paid = item[order], paid[order]
+    bounds = np.searchsorted(item, np.arange(len(history.items) + 1))
+    for i in np.flatnonzero(np.diff(bounds)).tolist():
+        out[i] = float(np.median(paid[bounds[i] : bounds[i + 1]]))
+    return out
+
+
+def cutoff_day_number(history: Events, cutoff: str | int | None) -> int:
+    """The first day not in the history: ``cutoff`` as a day number (default: after its last
+    event)."""
+    if cutoff is None:
+        return int(history.day.max()) + 1 if len(history) else 0
+    if isinstance(cutoff, str):
+        return int(day_number(cutoff))
+    return int(cutoff)
