@@ -96,7 +96,7 @@ def pad_rows(batch: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
 
 
-def _try_cuda_session(
+def try_cuda_session(
     model: bytes, threads: int, options: Sequence[dict[str, str]] = (CUDA_OPTIONS, {})
 ) -> ort.InferenceSession | None:
     """Create a CUDA session with all ORT output suppressed; ``None`` if CUDA does not load.
@@ -174,7 +174,7 @@ class ImageEncoder:
 
         sess: ort.InferenceSession | None = None
         if device == "cuda":
-            sess = _try_cuda_session(model, threads)
+            sess = try_cuda_session(model, threads)
             if sess is None:
                 raise RuntimeError(
                     "device='cuda' but the CUDA execution provider does not load "
@@ -183,7 +183,7 @@ class ImageEncoder:
         elif device == "auto" and _cuda_works is not False:
             with _probe_lock:
                 if _cuda_works is not False:
-                    sess = _try_cuda_session(model, threads)
+                    sess = try_cuda_session(model, threads)
                     _cuda_works = sess is not None
         if sess is None:
             sess = ort.InferenceSession(model, sess_options=_options(threads), providers=[CPU])

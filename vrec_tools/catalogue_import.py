@@ -330,7 +330,7 @@ class Refusal:
         return f"{self.path}:{where or self.line}: {self.reason}: {self.detail}"
 
 
-def _text(value: Any) -> str | None:
+def cell_text(value: Any) -> str | None:
     """A cell as text; missing, empty, whitespace-only and NaN cells are None."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -342,10 +342,10 @@ def _text(value: Any) -> str | None:
 
 def _joined(values: dict[str, Any], cols: tuple[str, ...]) -> str | None:
     if len(cols) == 1:
-        return _text(values.get(cols[0]))
+        return cell_text(values.get(cols[0]))
     from encoders.text import join_text
 
-    return join_text([_text(values.get(c)) for c in cols]) or None
+    return join_text([cell_text(values.get(c)) for c in cols]) or None
 
 
 def parse_price(value: Any) -> float | None:
@@ -357,7 +357,7 @@ def parse_price(value: Any) -> float | None:
         if math.isnan(number):  # a missing Parquet / JSON cell
             return None
     else:
-        text = _text(value)
+        text = cell_text(value)
         if text is None:
             return None
         try:
@@ -404,7 +404,7 @@ def row_to_product(
 
     from streams.deadletters import describe
 
-    item_id = _text(values.get(cmap.fields["id"][0]))
+    item_id = cell_text(values.get(cmap.fields["id"][0]))
     if item_id is None:
         raise RowError("missing id", f"no value in column {cmap.fields['id'][0]!r}")
     item_id = item_id.strip()
@@ -417,18 +417,20 @@ def row_to_product(
             if text is not None or name == "title":
                 doc[name] = text or ""
     if "group" in cmap.fields:
-        group = _text(values.get(cmap.fields["group"][0]))
+        group = cell_text(values.get(cmap.fields["group"][0]))
         doc["product_code"] = group.strip() if group else None
     if "price" in cmap.fields:
         doc["price"] = parse_price(values.get(cmap.fields["price"][0]))
     ts: Any = cmap.ts if cmap.ts is not None else now
-    if "ts" in cmap.fields and _text(values.get(cmap.fields["ts"][0])) is not None:
+    if "ts" in cmap.fields and cell_text(values.get(cmap.fields["ts"][0])) is not None:
         try:
             ts = to_epoch(values[cmap.fields["ts"][0]])
         except (ValueError, TypeError) as exc:
             raise RowError("bad ts", str(exc)) from None
     doc["ts"] = ts
-    attributes = {a: text for a, col in cmap.attributes.items() if (text := _text(values.get(col)))}
+    attributes = {
+        a: text for a, col in cmap.attributes.items() if (text := cell_text(values.get(col)))
+    }
     if attributes:
         doc["attributes"] = attributes
     try:
@@ -464,7 +466,7 @@ def validate_rows(
     for row in rows:
         key = None
         if row.values is not None:
-            key = _text(row.values.get(cmap.fields["id"][0]))
+            key = cell_text(row.values.get(cmap.fields["id"][0]))
             key = key.strip() if key else None
         try:
             if row.values is None:

@@ -43,15 +43,15 @@ from PIL import Image, ImageEnhance
 from encoders.image import INPUT_SIZE
 from encoders.preprocess import load_image, preprocess
 from encoders.training.distill import (
-    _batches,
-    _tqdm,
-    _unit,
     add_common_args,
+    batch_slices,
     export_embedding_model,
     holdout_split,
     metrics_path,
     nn_same_label_rate,
     prepare_run,
+    tqdm_bar,
+    unit_rows,
     write_json,
 )
 
@@ -155,20 +155,20 @@ def _embed(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
     out = []
     with torch.no_grad():
-        for s in _batches(len(x), batch):
+        for s in batch_slices(len(x), batch):
             out.append(model(torch.from_numpy(np.asarray(x[s], dtype=np.float32))).numpy())
-    return _unit(np.concatenate(out))
+    return unit_rows(np.concatenate(out))
 
 
 def _embed_attacked(model: Any, x: np.ndarray, eps: float, steps: int, seed: int, batch=16):
     import torch
 
     out = []
-    for i, s in enumerate(_batches(len(x), batch)):
+    for i, s in enumerate(batch_slices(len(x), batch)):
         xa = attack(model, torch.from_numpy(x[s].astype(np.float32)), eps, steps, seed=seed + i)
         with torch.no_grad():
             out.append(model(xa).numpy())
-    return _unit(np.concatenate(out))
+    return unit_rows(np.concatenate(out))
 
 
 # ------------------------------------------------------------------ evaluation
@@ -210,7 +210,7 @@ def evaluate(
         "clean_recall_vs_original": query_recall(ref, clean, k) if reference is not None else 1.0,
         "clean_nn_same_type": nn_same_label_rate(clean, labels),
     }
-    bar = _tqdm(progress, len(PERTURBATIONS) + 2, "evaluate")
+    bar = tqdm_bar(progress, len(PERTURBATIONS) + 2, "evaluate")
     for j, kind in enumerate(PERTURBATIONS):
         rng = np.random.default_rng(cfg.seed + 1000 + j)
         x = preprocess([perturb(im, kind, rng) for im in images], INPUT_SIZE)
@@ -275,17 +275,17 @@ def finetune(
     rng = np.random.default_rng(cfg.seed)
     params = trainable_tail(model, cfg.train_blocks)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ref = torch.from_numpy(_unit(reference))
+    ref = torch.from_numpy(unit_rows(reference))
     eps = _eps_units(cfg.eps)
     model.eval()
     n = len(images)
-    bar = _tqdm(progress, cfg.epochs * len(_batches(n, cfg.batch_size)), "adversarial")
+    bar = tqdm_bar(progress, cfg.epochs * len(batch_slices(n, cfg.batch_size)), "adversarial")
     history = []
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         perm = rng.permutation(n)
         sums = np.zeros(4)
-        for s in _batches(n, cfg.batch_size):
+        for s in batch_slices(n, cfg.batch_size):
             idx = np.sort(perm[s])
             x = torch.from_numpy(pixels[idx].astype(np.float32))
             kinds = rng.choice(PERTURBATIONS, size=len(idx))
@@ -348,7 +348,7 @@ def run_adversarial(
     ev_tr = tr[:eval_train]
     log(f"{len(tr)} train / {len(te)} held-out eval images")
     images = [load_image(p) for p in paths]
-    bar = _tqdm(progress, len(images), "preprocess")
+    bar = tqdm_bar(progress, len(images), "preprocess")
     pixels = np.empty((len(images), 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float16)
     for i, im in enumerate(images):
         pixels[i] = preprocess([im], INPUT_SIZE)[0]

@@ -173,11 +173,11 @@ def _ort_cuda_row(
     alone. ``run_with_iobinding`` returns when the GPU is done."""
     import onnxruntime as ort
 
-    from encoders.image import _try_cuda_session
+    from encoders.image import try_cuda_session
 
     def session() -> Any:
         options = (CUDA_OPTIONS, {}) if provider_options is None else (provider_options,)
-        sess = _try_cuda_session(path.read_bytes(), threads, options)
+        sess = try_cuda_session(path.read_bytes(), threads, options)
         if sess is None:
             raise RuntimeError(f"CUDA provider does not load for {path.name} with {options}")
         return sess
@@ -436,7 +436,7 @@ def _cuda_rows_wanted(device: str, probe: Path, log: Callable) -> bool:
     """True if CUDA rows should run; for ``--device cuda`` raises if CUDA does not load."""
     import onnxruntime as ort
 
-    from encoders.image import _try_cuda_session
+    from encoders.image import try_cuda_session
 
     if device == "cpu":
         log("CUDA rows skipped: --device cpu")
@@ -445,7 +445,7 @@ def _cuda_rows_wanted(device: str, probe: Path, log: Callable) -> bool:
     if "CUDAExecutionProvider" not in providers:
         msg = f"CUDA rows skipped: onnxruntime has no CUDAExecutionProvider ({providers})"
     else:
-        if _try_cuda_session(probe.read_bytes(), 1) is not None:
+        if try_cuda_session(probe.read_bytes(), 1) is not None:
             return True
         msg = "CUDA rows skipped: CUDAExecutionProvider is listed but does not load here"
     if device == "cuda":

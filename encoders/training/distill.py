@@ -132,17 +132,17 @@ def teacher_embeddings(
 # ------------------------------------------------------------------ metrics
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def nn_same_label_rate(x: np.ndarray, labels: np.ndarray) -> float:
     """Share of rows whose nearest cosine neighbour (self excluded) has the same label."""
-    from encoders.training.variants import _top_k
+    from encoders.training.variants import top_k
 
     labels = np.asarray(labels)
-    nn = _top_k(x, 1)[:, 0]
+    nn = top_k(x, 1)[:, 0]
     return float(np.mean(labels[nn] == labels))
 
 
@@ -200,7 +200,7 @@ def build_student(pretrained: bool = True) -> torch.nn.Module:
     return Student(net.features).eval()
 
 
-def _batches(n: int, size: int) -> list[slice]:
+def batch_slices(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
@@ -210,7 +210,7 @@ def _forward(fn: Callable[[Any], Any], x: np.ndarray, batch: int = 64) -> np.nda
 
     out = []
     with torch.no_grad():
-        for s in _batches(len(x), batch):
+        for s in batch_slices(len(x), batch):
             out.append(fn(torch.from_numpy(np.asarray(x[s], dtype=np.float32))).numpy())
     return np.concatenate(out) if out else np.zeros((0, EMBED_DIM), np.float32)
 
@@ -223,7 +223,7 @@ def ridge_init(student: torch.nn.Module, pixels: np.ndarray, target: np.ndarray,
     feats = _forward(student.pooled, pixels).astype(np.float64)
     # unit rows scaled to ~unit RMS per dimension, so an optimiser step on the projection is
     # small relative to its output (the cosine loss does not care about the scale)
-    t = _unit(target).astype(np.float64) * np.sqrt(target.shape[1])
+    t = unit_rows(target).astype(np.float64) * np.sqrt(target.shape[1])
     fm, tm = feats.mean(axis=0), t.mean(axis=0)
     fc, tc = feats - fm, t - tm
     gram = fc.T @ fc
@@ -272,7 +272,7 @@ def _mean_loss(student: Any, pixels: np.ndarray, target: np.ndarray, cfg: Distil
 
     sums = np.zeros(3)
     with torch.no_grad():
-        for s in _batches(len(pixels), cfg.batch_size):
+        for s in batch_slices(len(pixels), cfg.batch_size):
             out = student(torch.from_numpy(pixels[s].astype(np.float32)))
             losses = distill_loss(out, torch.from_numpy(target[s]), cfg.rel_weight)
             sums += np.array([float(v) for v in losses]) * (s.stop - s.start)
@@ -298,7 +298,7 @@ def train_student(
         weight_decay=cfg.weight_decay,
     )
     n = len(pixels)
-    steps = cfg.epochs * len(_batches(n, cfg.batch_size))
+    steps = cfg.epochs * len(batch_slices(n, cfg.batch_size))
     warm = max(1, steps // 10)  # linear warm-up, then cosine decay
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -306,12 +306,12 @@ def train_student(
     )
     tgt = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
     student.eval()  # frozen BatchNorm statistics; gradients still flow
-    bar = _tqdm(progress, steps, "distill")
+    bar = tqdm_bar(progress, steps, "distill")
     history = []
     for epoch in range(1, cfg.epochs + 1):
         perm = torch.randperm(n, generator=gen).numpy()
         tot = np.zeros(3)
-        for s in _batches(n, cfg.batch_size):
+        for s in batch_slices(n, cfg.batch_size):
             idx = np.sort(perm[s])
             x = torch.from_numpy(pixels[idx].astype(np.float32))
             loss, cos, rel = distill_loss(student(x), tgt[idx], cfg.rel_weight)
@@ -329,7 +329,7 @@ def train_student(
     return history
 
 
-def _tqdm(progress: bool, total: int, desc: str):  # noqa: ANN202 - tqdm or a no-op
+def tqdm_bar(progress: bool, total: int, desc: str):  # noqa: ANN202 - tqdm or a no-op
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", disable=not progress, file=sys.stderr)
@@ -439,7 +439,7 @@ def speed_side_by_side(
         for b in batches:
             for k, e in encs.items():
                 t0 = time.perf_counter()
-                for s in _batches(len(xs[k]), b):
+                for s in batch_slices(len(xs[k]), b):
                     e.embed(xs[k][s])
                 rate = len(xs[k]) / (time.perf_counter() - t0)
                 key = f"b{b}"
@@ -477,7 +477,7 @@ def distill(
     valid = np.abs(teacher).sum(axis=1) > 0
     keep = np.flatnonzero(valid)
     paths = [paths[i] for i in keep.tolist()]
-    codes, labels, teacher = codes[keep], np.asarray(labels)[keep], _unit(teacher[keep])
+    codes, labels, teacher = codes[keep], np.asarray(labels)[keep], unit_rows(teacher[keep])
     tr, te = holdout_split(codes, holdout, cfg.seed)
     log(f"{len(tr)} train / {len(te)} held-out images ({len(np.unique(codes))} product codes)")
     pixels = load_pixels(paths, cfg.size, progress)
@@ -485,13 +485,13 @@ def distill(
 
     student = build_student(pretrained=True)
     ridge_init(student, pixels[tr], teacher[tr], cfg.ridge_alpha)
-    before_te = _unit(_forward(student, pixels[te]))
+    before_te = unit_rows(_forward(student, pixels[te]))
     loss_before = _mean_loss(student, pixels[tr], teacher[tr], cfg)
     t_train = time.perf_counter()
     history = train_student(student, pixels[tr], teacher[tr], cfg, progress)
     train_s = time.perf_counter() - t_train
     loss_after = _mean_loss(student, pixels[tr], teacher[tr], cfg)
-    after_torch = _unit(_forward(student, pixels[te]))
+    after_torch = unit_rows(_forward(student, pixels[te]))
 
     metrics: dict[str, Any] = {
         "student": "mobilenet_v2 (torchvision, ImageNet weights) + Linear(1280, 1280)",

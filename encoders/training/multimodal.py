@@ -164,7 +164,7 @@ def classify_table(
     All inputs must have the same rows (drop items without an image from every input first:
     ``run_classify`` drops all-zero rows, which would change the split between inputs).
     """
-    from encoders.training.train import run_classify
+    from encoders.training.classify import run_classify
 
     out = {}
     for name, x in inputs.items():
@@ -199,8 +199,8 @@ def eval_table(
     interval over the warm users (:func:`paired_bootstrap`).
     """
     from vrec_tools.eval.baselines import visual
-    from vrec_tools.eval.livecore import live_lists, live_settings
     from vrec_tools.eval.data import dev_split, load_events, load_items
+    from vrec_tools.eval.livecore import live_lists, live_settings
     from vrec_tools.eval.metrics import apk, evaluate
 
     if baseline not in EVAL_BASELINES:
@@ -270,9 +270,15 @@ def visual_per_modality(
     Same machinery as :func:`vrec_tools.eval.baselines.visual` (its index, top-k and fill helpers),
     so at ``w = 0`` it ranks as that baseline does (up to float32 rounding at near-ties).
     """
-    from vrec_tools.eval.baselines import _fill, _Index, _to_ids, _topk, popularity_ranking
+    from vrec_tools.eval.baselines import (
+        VectorIndex,
+        fill_ranking,
+        popularity_ranking,
+        to_ids,
+        topk,
+    )
 
-    ix = _Index.build(history, users, cutoff)
+    ix = VectorIndex.build(history, users, cutoff)
     pop = popularity_ranking(history, 7, ix.cutoff_day)
     has_img = np.linalg.norm(image, axis=1) > 0
     lists = []
@@ -289,8 +295,8 @@ def visual_per_modality(
         scores += w * (text @ u_t).astype(np.float64)
         scores = np.round(scores, 6)  # as the visual baseline: float noise never decides ties
         scores[~has_img] = -np.inf
-        lists.append(_fill(_topk(scores, k).tolist(), pop, k))
-    return _to_ids(ix, lists)
+        lists.append(fill_ranking(topk(scores, k).tolist(), pop, k))
+    return to_ids(ix, lists)
 
 
 # ------------------------------------------------------------------ CLI

@@ -43,14 +43,7 @@ import numpy as np
 from encoders.training.classify import (
     TARGETS,
     HeadConfig,
-    encode_labels,
-    export_head,
-    group_split,
-    head_probabilities,
-    majority_baseline,
-    per_class_report,
-    topk_accuracy,
-    train_head,
+    run_classify,
 )
 
 __all__ = ["main", "run_classify"]
@@ -142,88 +135,6 @@ def _head_items(items: Any, n: int) -> Any:
         image_path=items.image_path[:n],
         rows=items.rows[:n],
     )
-
-
-def run_classify(
-    x: np.ndarray,
-    raw_labels: np.ndarray,
-    groups: np.ndarray,
-    target: str,
-    cfg: HeadConfig,
-    min_count: int = 10,
-    out_dir: Path | None = None,
-    progress: bool = False,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    field: str | None = None,
-    group_name: str = "product_code",
-) -> dict[str, Any]:
-    """Split (by ``groups``), train, evaluate and (with ``out_dir``) export one head; returns
-    the metrics, with a per-class report of the test split. ``field``: the upload label the
-    head fills (see :func:`encoders.classify.export_head`)."""
-    t0 = time.perf_counter()
-    valid = np.abs(x).sum(axis=1) > 0  # rows whose image could not be embedded are zero
-    idx_all = np.flatnonzero(valid)
-    x, raw_labels, groups = x[idx_all], np.asarray(raw_labels)[idx_all], groups[idx_all]
-    tr, va, te = group_split(groups, fractions, seed=cfg.seed)
-    ls = encode_labels(raw_labels, tr, min_count=min_count)
-    y = ls.y
-    res = train_head(x[tr], y[tr], x[va], y[va], ls.n_classes, cfg, progress=progress)
-    p_te = head_probabilities(res.model, x[te])
-    p_va = head_probabilities(res.model, x[va])
-    metrics: dict[str, Any] = {
-        "target": target,
-        "head": "linear" if cfg.hidden == 0 else f"mlp{cfg.hidden}",
-        "n_items": int(len(x)),
-        "n_dropped_unembedded": int((~valid).sum()),
-        "n_train": int(len(tr)),
-        "n_val": int(len(va)),
-        "n_test": int(len(te)),
-        "group": group_name,
-        "n_product_codes": int(len(np.unique(groups))),
-        "n_raw_classes": int(len(np.unique(raw_labels))),
-        "n_classes": ls.n_classes,
-        "min_count": min_count,
-        "rare_policy": "classes with < min_count train items -> 'other'",
-        "n_rare_classes": len(ls.rare),
-        "other_share_test": float(np.mean(np.asarray(ls.labels)[y[te]] == "other"))
-        if len(te) and "other" in ls.labels
-        else 0.0,
-        "test_top1": topk_accuracy(p_te, y[te], 1),
-        "test_top5": topk_accuracy(p_te, y[te], 5),
-        "val_top1": topk_accuracy(p_va, y[va], 1),
-        "val_top5": topk_accuracy(p_va, y[va], 5),
-        "majority_top1": majority_baseline(y[tr], y[te], 1),
-        "majority_top5": majority_baseline(y[tr], y[te], 5),
-        "majority_class": ls.labels[int(np.bincount(y[tr]).argmax())],
-        "best_epoch": res.best_epoch,
-        "epochs_run": res.epochs_run,
-        "train_seconds": round(res.seconds, 2),
-        "config": cfg.as_dict(),
-        "per_class": per_class_report(p_te, y[te], ls.labels, y[tr]),
-    }
-    if out_dir is not None:
-        model_id, onnx_path = export_head(
-            res.model,
-            ls.labels,
-            target,
-            out_dir,
-            extra={"min_count": min_count, "rare": ls.rare, "head": metrics["head"]},
-            field=field,
-        )
-        from encoders.classify import CategoryClassifier
-
-        clf = CategoryClassifier(onnx_path)
-        diff = float(np.max(np.abs(clf.predict_proba(x[te]) - p_te))) if len(te) else 0.0
-        metrics.update(
-            model_id=model_id, onnx=str(onnx_path), onnx_max_abs_diff=diff, field=clf.field
-        )
-        metrics["seconds"] = round(time.perf_counter() - t0, 2)
-        (onnx_path.with_name(onnx_path.stem + ".metrics.json")).write_text(
-            json.dumps(metrics, indent=2) + "\n"
-        )
-    metrics["seconds"] = round(time.perf_counter() - t0, 2)
-    metrics["_model"] = res.model  # not serialised; for callers that want the torch head
-    return metrics
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -341,10 +252,10 @@ def load_labelled(
 
 def _value(accepted: Any, cmap: Any, name: str) -> str | None:
     """A row's value of ``name``: the column of that name, else the mapped field / attribute."""
-    from vrec_tools.catalogue_import import _text
+    from vrec_tools.catalogue_import import cell_text
 
     if name in accepted.values:
-        text = _text(accepted.values[name])
+        text = cell_text(accepted.values[name])
         return text.strip() if text else None
     hit = cmap.column_of(name)
     if hit is None:

@@ -362,7 +362,7 @@ def ensure_variant(model_dir: Path, name: str, *, calibration: np.ndarray | None
 # ---------------------------------------------------------------- quality
 
 
-def _top_k(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+def top_k(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """Indices of each row's k nearest rows by cosine (self excluded), as an (n, k) array."""
     x = np.asarray(x, dtype=np.float32)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -385,6 +385,6 @@ def neighbour_agreement(ref: np.ndarray, other: np.ndarray, k: int = 10) -> floa
     n = ref.shape[0]
     if n <= k:
         raise ValueError(f"need more than k={k} rows, got {n}")
-    a, b = _top_k(ref, k), _top_k(other, k)
+    a, b = top_k(ref, k), top_k(other, k)
     hits = sum(len(set(ra.tolist()) & set(rb.tolist())) for ra, rb in zip(a, b))
     return hits / (n * k)

@@ -12,8 +12,7 @@ import pytest
 from encoders import ImageEncoder, load_image
 from encoders.classify import CategoryClassifier
 from encoders.registry import ensure_model
-from encoders.training.classify import HeadConfig
-from encoders.training.train import run_classify
+from encoders.training.classify import HeadConfig, run_classify
 from streams.settings import REPO_ROOT, Settings, isolated_run
 from vrec_tools.harness import Pipeline
 from vrec_tools.replay import read_hm_items

@@ -26,9 +26,9 @@ from encoders.training.classify import (
     encode_labels,
     group_split,
     head_probabilities,
+    run_classify,
 )
 from encoders.training.train import main as train_main
-from encoders.training.train import run_classify
 from streams.settings import get_settings
 from vrec_tools.eval.data import load_items
 

@@ -72,7 +72,7 @@ Predictions = dict[str, list[str]]
 
 
 @dataclass
-class _Index:
+class VectorIndex:
     """The history grouped by user, and the target users' codes into it."""
 
     history: Events
@@ -84,7 +84,7 @@ class _Index:
     day: np.ndarray
 
     @classmethod
-    def build(cls, history: Events, users: Iterable[str], cutoff: str | int | None) -> _Index:
+    def build(cls, history: Events, users: Iterable[str], cutoff: str | int | None) -> VectorIndex:
         users = list(users)
         cutoff_day = cutoff_day_number(history, cutoff)
         order = np.lexsort((history.src_row, history.day, history.user))
@@ -110,7 +110,7 @@ class _Index:
         return np.exp2(-(self.cutoff_day - days.astype(np.float64)) / half_life)
 
 
-def _topk(scores: np.ndarray, k: int) -> np.ndarray:
+def topk(scores: np.ndarray, k: int) -> np.ndarray:
     """Codes of the ``k`` best finite scores > -inf: score desc, then code asc."""
     valid = np.flatnonzero(scores > -np.inf)
     if len(valid) > k:
@@ -119,7 +119,7 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     return valid[np.lexsort((valid, -scores[valid]))][:k]
 
 
-def _fill(primary: Sequence[int], filler: np.ndarray, k: int) -> list[int]:
+def fill_ranking(primary: Sequence[int], filler: np.ndarray, k: int) -> list[int]:
     out = list(dict.fromkeys(int(i) for i in primary))[:k]
     have = set(out)
     for i in filler.tolist():
@@ -131,7 +131,7 @@ def _fill(primary: Sequence[int], filler: np.ndarray, k: int) -> list[int]:
     return out
 
 
-def _to_ids(ix: _Index, lists: Sequence[Sequence[int]]) -> Predictions:
+def to_ids(ix: VectorIndex, lists: Sequence[Sequence[int]]) -> Predictions:
     items = ix.history.items
     return {u: [str(items[i]) for i in lst] for u, lst in zip(ix.users, lists)}
 
@@ -233,7 +233,7 @@ def repurchase(
     """
     if order not in ("recent", "frequent"):
         raise ValueError("order must be 'recent' or 'frequent'")
-    ix = _Index.build(history, users, cutoff)
+    ix = VectorIndex.build(history, users, cutoff)
     pop = popularity_ranking(history, pop_days, ix.cutoff_day)
     lists = []
     for n in range(len(ix.users)):
@@ -241,8 +241,8 @@ def repurchase(
         if max_age_days is not None:
             keep = ix.cutoff_day - days <= max_age_days
             items, days = items[keep], days[keep]
-        lists.append(_fill(_own_ranked(items, days, order), pop, k))
-    return _to_ids(ix, lists)
+        lists.append(fill_ranking(_own_ranked(items, days, order), pop, k))
+    return to_ids(ix, lists)
 
 
 def _own_ranked(items: np.ndarray, days: np.ndarray, order: str = "recent") -> list[int]:
@@ -330,7 +330,7 @@ def co_counts(history: Events, window_days: int = 0, max_basket: int = 200) -> C
 
 
 def _seed_weights(
-    ix: _Index, items: np.ndarray, days: np.ndarray, half_life: float
+    ix: VectorIndex, items: np.ndarray, days: np.ndarray, half_life: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distinct purchased items and ``2 ** (-age / half_life)`` of their last purchase."""
     uniq, inv = np.unique(items, return_inverse=True)
@@ -340,7 +340,7 @@ def _seed_weights(
 
 
 def _cf_scores(
-    ix: _Index, co: CoCounts, seeds: np.ndarray, w: np.ndarray, max_seeds: int
+    ix: VectorIndex, co: CoCounts, seeds: np.ndarray, w: np.ndarray, max_seeds: int
 ) -> np.ndarray:
     scores = np.zeros(ix.n_items, dtype=np.float64)
     if len(seeds) > max_seeds:
@@ -370,7 +370,7 @@ def itemcf(
     Only items with ``cf_j > 0`` are recommended from the co-counts; the user's own purchases
     are left out unless ``include_own``. ``max_seeds`` keeps the most recent seeds.
     """
-    ix = _Index.build(history, users, cutoff)
+    ix = VectorIndex.build(history, users, cutoff)
     pop = popularity_ranking(history, pop_days, ix.cutoff_day)
     co = co if co is not None else co_counts(history, window_days)
     lists = []
@@ -384,8 +384,8 @@ def itemcf(
         if not include_own:
             scores[seeds] = 0.0
         scores[scores <= 0] = -np.inf
-        lists.append(_fill(_topk(scores, k).tolist(), pop, k))
-    return _to_ids(ix, lists)
+        lists.append(fill_ranking(topk(scores, k).tolist(), pop, k))
+    return to_ids(ix, lists)
 
 
 def _user_vector(emb: np.ndarray, items: np.ndarray, w: np.ndarray) -> np.ndarray | None:
@@ -395,7 +395,7 @@ def _user_vector(emb: np.ndarray, items: np.ndarray, w: np.ndarray) -> np.ndarra
 
 
 def _iter_cosines(
-    ix: _Index, emb: np.ndarray, half_life: float, chunk: int = 256
+    ix: VectorIndex, emb: np.ndarray, half_life: float, chunk: int = 256
 ) -> Iterator[np.ndarray | None]:
     """Per target user in order: cosine of every item to the user's vector (or ``None``).
 
@@ -445,7 +445,7 @@ def visual(
     emb = np.asarray(embeddings, dtype=np.float32)
     if emb.shape[0] != len(history.items):
         raise ValueError(f"embeddings has {emb.shape[0]} rows for {len(history.items)} items")
-    ix = _Index.build(history, users, cutoff)
+    ix = VectorIndex.build(history, users, cutoff)
     pop = popularity_ranking(history, pop_days, ix.cutoff_day)
     has_vec = np.linalg.norm(emb, axis=1) > 0
     cand = has_vec.copy()
@@ -466,8 +466,8 @@ def visual(
         scores[~cand] = -np.inf
         if exclude_purchased:
             scores[items] = -np.inf
-        lists.append(_fill(_topk(scores, k).tolist(), pop, k))
-    return _to_ids(ix, lists)
+        lists.append(fill_ranking(topk(scores, k).tolist(), pop, k))
+    return to_ids(ix, lists)
 
 
 # ---------------------------------------------------------------------------------- runner

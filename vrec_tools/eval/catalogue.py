@@ -14,7 +14,7 @@ The file (CSV / TSV / JSONL / Parquet, image paths relative to its folder) and t
   colour); with a text weight > 0 (``--text-weight``, default ``VREC_TEXT_WEIGHT``) the same over
   image + text fused vectors (:mod:`encoders.fusion`; text = title + category, so a category
   that is the label leaks it);
-* ``classifier_top1``: a softmax head (``encoders.training.train.run_classify``) trained on the
+* ``classifier_top1``: a softmax head (``encoders.training.classify.run_classify``) trained on the
   embeddings, top-1 on held-out items (split by ``--group`` if given, else by item).
 
 It writes the JSON (``--json``), a markdown summary and a PNG grid (same stem) of a few query
@@ -214,11 +214,10 @@ def classifier_top1(
     seed: int = 0,
     min_count: int = 2,
 ) -> dict[str, Any]:
-    """Top-1 of a softmax head on held-out embedded items (``encoders.training.train.run_classify``:
-    80/10/10 split by ``groups``, else by item; classes with < ``min_count`` train items ->
-    "other"). Needs torch."""
-    from encoders.training.classify import HeadConfig
-    from encoders.training.train import run_classify
+    """Top-1 of a softmax head on held-out embedded items
+    (``encoders.training.classify.run_classify``: 80/10/10 split by ``groups``, else by item;
+    classes with < ``min_count`` train items -> "other"). Needs torch."""
+    from encoders.training.classify import HeadConfig, run_classify
 
     x = np.asarray(vectors, dtype=np.float32)
     ok = embedded_mask(x)
