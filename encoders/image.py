@@ -167,7 +167,7 @@ class ImageEncoder:
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"ONNX model not found: {self.path} (create it with "
-                "`python -m encoders.training.export --model-dir DIR`)"
+                "`vrec export-model --model-dir DIR`)"
             ) from None
         digest = hashlib.sha256(model).hexdigest()
         self.sha256 = digest

@@ -17,7 +17,7 @@ graph and L2-normalises, which reproduces ``SentenceTransformer.encode(normalize
 
 Item text (:func:`item_text`, :func:`upload_text`): name, product type, colour and description
 joined by ". ". The export (torch) is :mod:`encoders.training.text_export`:
-``python -m encoders.training.text_export [--model-dir DIR] [--force]`` prints the path.
+``vrec export-text-model [--model-dir DIR] [--force]`` prints the path.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class TextEncoder:
         except FileNotFoundError as exc:
             raise FileNotFoundError(
                 f"text model file not found: {exc.filename} (create it with "
-                "`python -m encoders.training.text_export --model-dir DIR`)"
+                "`vrec export-text-model --model-dir DIR`)"
             ) from None
         self.sha256 = _sha256(model, tok_bytes)
         self.model_id = f"{MODEL_NAME}-{self.sha256[:12]}"

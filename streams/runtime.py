@@ -160,8 +160,8 @@ class Runtime:
             self.cache = EmbeddingCache(Path(enc.embedding_cache))
         dims = {"image": self.encoder.dim}
         if enc.text_weight > 0:
-            from encoders.text import EMBED_DIM, TextEncoder
             from encoders.registry import ensure_text_model
+            from encoders.text import EMBED_DIM, TextEncoder
 
             dims["text"] = EMBED_DIM
             if "encode" in worker.roles:

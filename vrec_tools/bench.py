@@ -18,16 +18,17 @@ from streams.settings import REPO_ROOT, get_settings, isolated_run
 SAMPLE = REPO_ROOT / "tests" / "fixtures" / "hm_sample"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from vrec_tools.harness import Pipeline, local_broker
-    from vrec_tools.replay import read_hm_items, read_log
-
-    ap = argparse.ArgumentParser(prog="vrec bench pipeline")
+def add_args(ap: argparse.ArgumentParser) -> None:
+    """``vrec bench pipeline``."""
     ap.add_argument("--items", type=Path, default=SAMPLE / "items.csv")
     ap.add_argument("--log", type=Path, default=SAMPLE / "events.jsonl")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vrec_tools.harness import Pipeline, local_broker
+    from vrec_tools.replay import read_hm_items, read_log
 
     settings = isolated_run(get_settings(), "bench")
     if settings.image_root is None:  # the worker reads the catalogue's images, nothing else

@@ -557,8 +557,8 @@ def _index(pipe, products, out: dict[str, Any]) -> None:
 
 
 # -- vrec bench stream -------------------------------------------------------------------------
-def main_stream(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vrec bench stream")
+def add_stream_args(ap: argparse.ArgumentParser) -> None:
+    """``vrec bench stream``."""
     _common_args(ap)
     ap.add_argument("--users", type=int, default=4000)
     ap.add_argument("--loads", default="1000,5000", help="offered loads, events/s")
@@ -570,7 +570,9 @@ def main_stream(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workers", type=int, default=1, help="worker processes (use with --partitions 2)"
     )
-    args = ap.parse_args(argv)
+
+
+def run_stream(args: argparse.Namespace) -> int:
     loads = [float(x) for x in args.loads.split(",") if x.strip()]
 
     settings = bench_settings(args, "bench")
@@ -791,8 +793,8 @@ def ranking_side_by_side(
 
 
 # -- vrec bench scale --------------------------------------------------------------------------
-def main_scale(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vrec bench scale")
+def add_scale_args(ap: argparse.ArgumentParser) -> None:
+    """``vrec bench scale``."""
     _common_args(ap)
     ap.add_argument("--users", type=int, required=True)
     ap.add_argument("--events-per-user", type=int, default=20)
@@ -815,7 +817,9 @@ def main_scale(argv: list[str] | None = None) -> int:
         "function) and write the states straight to the users changelog, then restart the "
         "worker: RSS per user and recovery at sizes a replay through the worker cannot reach",
     )
-    args = ap.parse_args(argv)
+
+
+def run_scale(args: argparse.Namespace) -> int:
 
     settings = bench_settings(args, "scale")
     products, purchases, catalogue = load_inputs(args)
@@ -1058,19 +1062,3 @@ def _recovery(
         "recovery_seen_s": round(t_seen - t_started, 2),
         "probe_strategy": rec.get("strategy"),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m vrec_tools.benchstream stream|scale [options]``."""
-    argv = list(argv or [])
-    commands = {"stream": main_stream, "scale": main_scale}
-    if not argv or argv[0] not in commands:
-        print("usage: benchstream {stream,scale} [options]")
-        return 2
-    return commands[argv[0]](argv[1:])
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main(sys.argv[1:]))

@@ -564,47 +564,58 @@ def _settings_home_and_port() -> tuple[Path, int]:
     return settings.data_dir / "kafka", int(port) if port.isdigit() else 9092
 
 
-def broker_cli(argv: list[str] | None = None) -> int:
-    """``vrec broker start|stop|status``: manage the local dev broker. Returns an exit code.
+def _home_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", type=Path, default=None, help="default: $VREC_DATA_DIR/kafka")
 
-    ``status`` exits 0 when the broker runs, 1 when it does not.
-    """
-    parser = argparse.ArgumentParser(
-        prog="vrec broker", description="Run a local single-node Kafka (KRaft) broker."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_start = sub.add_parser("start", help="start the broker (no-op if it already runs)")
-    p_start.add_argument("--port", type=int, default=None, help="default: port of VREC_BROKER")
-    p_start.add_argument("--foreground", action="store_true", help="stay attached, log to tty")
-    p_start.add_argument("--heap", default="512m", help="JVM heap (default 512m)")
-    p_start.add_argument("--timeout", type=float, default=60.0)
-    p_start.add_argument(
+
+def add_start_args(p: argparse.ArgumentParser) -> None:
+    """``vrec broker start``."""
+    p.add_argument("--port", type=int, default=None, help="default: port of VREC_BROKER")
+    p.add_argument("--foreground", action="store_true", help="stay attached, log to tty")
+    p.add_argument("--heap", default="512m", help="JVM heap (default 512m)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
         "--sasl-user",
         action="append",
         default=[],
         metavar="NAME:PASSWORD",
         help="a SASL/PLAIN user; any makes the client listener SASL_PLAINTEXT (repeatable)",
     )
-    p_stop = sub.add_parser("stop", help="stop the broker")
-    p_stop.add_argument("--timeout", type=float, default=30.0)
-    p_status = sub.add_parser("status", help="is it running?")
-    p_status.add_argument("--json", action="store_true")
-    for p in (p_start, p_stop, p_status):
-        p.add_argument("--home", type=Path, default=None, help="default: $VREC_DATA_DIR/kafka")
-    args = parser.parse_args(argv)
+    _home_arg(p)
+    p.set_defaults(broker_command="start")
 
+
+def add_stop_args(p: argparse.ArgumentParser) -> None:
+    """``vrec broker stop``."""
+    p.add_argument("--timeout", type=float, default=30.0)
+    _home_arg(p)
+    p.set_defaults(broker_command="stop")
+
+
+def add_status_args(p: argparse.ArgumentParser) -> None:
+    """``vrec broker status``."""
+    p.add_argument("--json", action="store_true")
+    _home_arg(p)
+    p.set_defaults(broker_command="status")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``vrec broker start|stop|status``: manage the local dev broker. Returns an exit code:
+    2 for unusable arguments; ``status`` exits 0 when the broker runs, 1 when it does not."""
     default_home, default_port = _settings_home_and_port()
     home = args.home or default_home
     port = getattr(args, "port", None) or default_port
     users = dict(u.split(":", 1) for u in getattr(args, "sasl_user", []) if ":" in u)
     if len(users) != len(getattr(args, "sasl_user", [])):
-        parser.error("--sasl-user takes NAME:PASSWORD")
+        print("vrec broker: --sasl-user takes NAME:PASSWORD", file=sys.stderr)
+        return 2
     try:
         broker = KafkaBroker(home, port=port, heap=getattr(args, "heap", "512m"), sasl_users=users)
     except BrokerError as exc:
-        parser.error(str(exc))
+        print(f"vrec broker: {exc}", file=sys.stderr)
+        return 2
     try:
-        if args.command == "start":
+        if args.broker_command == "start":
             st = broker.status()
             if st["running"]:
                 print(f"Kafka already running: pid {st['pid']}, bootstrap {st['bootstrap']}")
@@ -619,7 +630,7 @@ def broker_cli(argv: list[str] | None = None) -> int:
                 f"bootstrap {st['bootstrap']}, log {st['log']}"
             )
             return 0
-        if args.command == "stop":
+        if args.broker_command == "stop":
             st = broker.status()
             if not st["running"]:
                 print(f"Kafka not running (home {broker.home})")
@@ -638,7 +649,3 @@ def broker_cli(argv: list[str] | None = None) -> int:
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(broker_cli(sys.argv[1:]))

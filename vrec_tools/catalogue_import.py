@@ -591,10 +591,8 @@ def summary(plan: ImportPlan, sent: int | None) -> str:
 # ------------------------------------------------------------------ command line
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vrec catalogue", description="A shop's catalogue")
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("import", help="validate a CSV / JSONL / Parquet file; send products")
+def add_import_args(p: argparse.ArgumentParser) -> None:
+    """``vrec catalogue import``."""
     p.add_argument("file", type=Path)
     p.add_argument("--map", dest="map_spec", help="field=column,... or a preset (hm)")
     p.add_argument("--map-file", type=Path, help="the column map as JSON")
@@ -605,7 +603,6 @@ def _parser() -> argparse.ArgumentParser:
         "--no-check-images", action="store_true", help="do not check that image files exist here"
     )
     p.add_argument("--no-progress", action="store_true")
-    return ap
 
 
 def column_map(spec: str | None, map_file: Path | None) -> ColumnMap:
@@ -615,10 +612,9 @@ def column_map(spec: str | None, map_file: Path | None) -> ColumnMap:
     return parse_map(spec) if spec is not None else load_map_file(map_file)  # type: ignore[arg-type]
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """``vrec catalogue import``: exit 0 when every row was sent, 1 when some were refused
     (dead-lettered), 2 when the map or the file is unusable (nothing sent)."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cmap = column_map(args.map_spec, args.map_file)
         plan = plan_import(
@@ -653,7 +649,3 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(summary(plan, sent))
     return 1 if plan.refused else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

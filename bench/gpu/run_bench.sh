@@ -12,7 +12,7 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
-python3 -m encoders.training.bench --images "$images" --n 1024 --catalogue 1000 \
+python3 -m vrec_tools.cli bench encoder --images "$images" --n 1024 --catalogue 1000 \
   --device cuda --variants fp32 --no-spin-rows --rounds 4 --gpu-batch 256 \
   --model-dir "$models" --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
 python3 bench/gpu/ort_cuda_options.py "$images" "$models" 2>&1 | tee "$out/ort-cuda-options.log"

@@ -62,7 +62,6 @@ __all__ = [
     "attack",
     "evaluate",
     "finetune",
-    "main",
     "perturb",
     "run_adversarial",
 ]
@@ -488,13 +487,3 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"{m['model_id']} -> {m['onnx']} (from {ref_id})", file=sys.stderr)
     print(format_report(m))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vrec train adversarial", description=__doc__.split("\n")[0])
-    add_args(ap)
-    return run_cli(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

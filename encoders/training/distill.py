@@ -55,7 +55,6 @@ __all__ = [
     "export_embedding_model",
     "holdout_split",
     "load_pixels",
-    "main",
     "nn_same_label_rate",
     "select_rows",
     "speed_side_by_side",
@@ -678,13 +677,3 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--ridge-alpha", type=float, default=d.ridge_alpha, help="linear-probe init penalty"
     )
     p.add_argument("--bench-n", type=int, default=64, help="images for the speed check (0: off)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vrec train distill", description=__doc__.split("\n")[0])
-    add_args(ap)
-    return run_cli(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

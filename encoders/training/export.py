@@ -13,9 +13,7 @@ Usage: ``python -m encoders.training.export --model-dir DIR`` prints the path of
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,10 +24,8 @@ from encoders.image import (
     INPUT_SIZE,
     MODEL_NAME,
     NORMALISATION,
-    ONNX_FILENAME,
     OUTPUT_NAME,
 )
-from encoders.registry import ensure_model
 from streams.util import sha256_file, write_atomic
 
 if TYPE_CHECKING:
@@ -142,25 +138,3 @@ def export_onnx(out_path: Path, *, opset: int = 17) -> Path:
         lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"),
     )
     return out_path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: export the model if needed and print its path."""
-    parser = argparse.ArgumentParser(prog="python -m encoders.training.export", description=__doc__)
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=Path(os.environ.get("VREC_MODEL_DIR", ".cache/models")),
-        help="directory for efficientnet_lite0.onnx (default: $VREC_MODEL_DIR or .cache/models)",
-    )
-    parser.add_argument("--force", action="store_true", help="re-export even if the file exists")
-    args = parser.parse_args(argv)
-    path = (
-        export_onnx(args.model_dir / ONNX_FILENAME) if args.force else ensure_model(args.model_dir)
-    )
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

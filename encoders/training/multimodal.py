@@ -445,16 +445,3 @@ def run_cli(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m encoders.training.multimodal ...``: the same as ``vrec train multimodal ...``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m encoders.training.multimodal", description=__doc__
-    )
-    add_args(parser)
-    return run_cli(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,7 +8,6 @@ file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import warnings
@@ -18,12 +17,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoders.registry import ensure_text_model
 from encoders.text import (
     EMBED_DIM,
     INPUT_NAMES,
     MAX_SEQ_LEN,
-    ONNX_FILENAME,
     OUTPUT_NAME,
     TOKENIZER_FILENAME,
     TextEncoder,
@@ -179,29 +176,3 @@ def export_onnx(out_path: Path, *, opset: int = 17) -> Path:
         lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"),
     )
     return out_path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: export the text model if needed and print its path."""
-    parser = argparse.ArgumentParser(
-        prog="python -m encoders.training.text_export", description=__doc__
-    )
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=Path(os.environ.get("VREC_MODEL_DIR", ".cache/models")),
-        help="directory for minilm_l6_v2.onnx (default: $VREC_MODEL_DIR or .cache/models)",
-    )
-    parser.add_argument("--force", action="store_true", help="re-export even if the file exists")
-    args = parser.parse_args(argv)
-    path = (
-        export_onnx(args.model_dir / ONNX_FILENAME)
-        if args.force
-        else ensure_text_model(args.model_dir)
-    )
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,7 +19,6 @@ from vrec_tools.catalogue_import import (
     Refusal,
     RowError,
     load_map_file,
-    main,
     parse_map,
     parse_price,
     plan_import,
@@ -28,6 +27,7 @@ from vrec_tools.catalogue_import import (
     summary,
     validate_rows,
 )
+from vrec_tools.cli import main as vrec
 from vrec_tools.replay import read_hm_items
 
 SHOP = REPO_ROOT / "tests" / "fixtures" / "other_shop"
@@ -266,15 +266,22 @@ def test_validate_rows_yields_in_file_order() -> None:
 
 
 def test_cli_dry_run(capsys) -> None:
-    rc = main(
-        ["import", str(SHOP / "catalogue.csv"), "--map", SPEC + ",colour=colour", "--dry-run"]
+    rc = vrec(
+        [
+            "catalogue",
+            "import",
+            str(SHOP / "catalogue.csv"),
+            "--map",
+            SPEC + ",colour=colour",
+            "--dry-run",
+        ]
     )
     out, err = capsys.readouterr()
     assert rc == 1  # some rows refused
     assert "rows read        54" in out and "dry run" in out
     for line, reason in BAD.items():
         assert f"catalogue.csv:{line}: {reason}" in err
-    assert main(["import", str(SHOP / "catalogue.csv"), "--map", "id=sku"]) == 2
+    assert vrec(["catalogue", "import", str(SHOP / "catalogue.csv"), "--map", "id=sku"]) == 2
     assert "image=COLUMN" in capsys.readouterr().err
 
 

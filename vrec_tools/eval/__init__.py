@@ -1,7 +1,7 @@
 """Offline evaluation: H&M dev split, ranking metrics and offline baselines.
 
 ``metrics`` holds pure metric functions, ``data`` loads the H&M files and makes the dev split,
-``baselines`` builds the offline reference recommenders (``python -m vrec_tools.eval.baselines``).
+``baselines`` builds the offline reference recommenders (``vrec eval baselines``).
 """
 
 from __future__ import annotations

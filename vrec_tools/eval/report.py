@@ -183,8 +183,8 @@ def _from_topics(by: Sequence[str]):
     return scored, list_quality(recs, items, len(items))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vrec report", description=__doc__.split("\n\n")[0])
+def add_args(ap: argparse.ArgumentParser) -> None:
+    """``vrec report``."""
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--metrics", help="a worker's /metrics URL")
     src.add_argument("--topics", action="store_true", help="recount from the topics")
@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--by", default="variant", help=f"comma list of {', '.join(LABELS)}")
     ap.add_argument("--json", type=Path, help="write the rows as JSON")
     ap.add_argument("--png", type=Path, help="(--topics) hit rate per variant over event time")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     by = [f for f in args.by.split(",") if f]
     if bad := [f for f in by if f not in LABELS]:
         raise SystemExit(f"--by: unknown {bad}; choose from {LABELS}")
@@ -208,7 +210,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "quality": quality}, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
