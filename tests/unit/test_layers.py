@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("streams", "encoders", "vrec_tools")
 
@@ -280,9 +278,3 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
         reap(item)
     assert failures == {}
     assert len(wanted) > 50
-
-
-@pytest.mark.skipif(_HAS_TORCH, reason="torch is installed: every module was imported above")
-def test_training_modules_are_the_only_ones_left_out_without_torch() -> None:
-    left_out = [m for m in MODULES if _needs_torch(m)]
-    assert left_out and all(m.startswith("encoders.training") for m in left_out)
