@@ -138,8 +138,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "catalogue import",
         "validate a CSV / JSONL / Parquet catalogue; send its products",
-        "vrec_tools.catalogue_import:run",
-        "vrec_tools.catalogue_import:add_import_args",
+        "vrec_tools.catalogue_cli:run",
+        "vrec_tools.catalogue_cli:add_import_args",
     ),
     Command(
         "eval",
