@@ -10,7 +10,7 @@ embedding only the images the cache does not hold yet (decoded and preprocessed 
 thread pool while the encoder runs the previous batch) and storing the new vectors as it goes,
 so an interrupted run resumes where it stopped.
 
-Run ``python -m encoders.cache [--items items.csv]`` to fill the cache for the H&M catalogue.
+``vrec cache fill [--items items.csv]`` fills the cache for a catalogue (default: the H&M one).
 """
 
 from __future__ import annotations
@@ -34,7 +34,15 @@ from streams.util import sha256_bytes, sha256_file
 if TYPE_CHECKING:
     from encoders.image import ImageEncoder
 
-__all__ = ["DEFAULT_CACHE_PATH", "EmbeddingCache", "embed_catalogue", "sha256_bytes", "sha256_file"]
+__all__ = [
+    "DEFAULT_CACHE_PATH",
+    "EmbeddingCache",
+    "add_fill_args",
+    "embed_catalogue",
+    "run_fill",
+    "sha256_bytes",
+    "sha256_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +254,8 @@ def embed_catalogue(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Fill the cache for every image of an items.csv (default: the H&M catalogue)."""
-    import csv
-
-    from encoders import ImageEncoder
-    from encoders.registry import ensure_model
-
-    parser = argparse.ArgumentParser(prog="python -m encoders.cache", description=main.__doc__)
+def add_fill_args(parser: argparse.ArgumentParser) -> None:
+    """``vrec cache fill``'s arguments."""
     parser.add_argument("--items", type=Path, default=Path("/work/shared/data/hm/items.csv"))
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE_PATH)
     parser.add_argument("--model-dir", type=Path, default=None)
@@ -261,8 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
     parser.add_argument("--workers", type=int, default=2, help="decode threads")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+
+def run_fill(args: argparse.Namespace) -> int:
+    """``vrec cache fill``: embed every image of an items.csv (default: the H&M catalogue)
+    that the cache does not hold yet."""
+    import csv
+
+    from encoders import ImageEncoder
+    from encoders.registry import ensure_model
 
     if args.model_dir is None:
         from streams.settings import get_settings
@@ -284,7 +293,3 @@ def main(argv: list[str] | None = None) -> int:
         f"vectors for {encoder.model_id}; {time.perf_counter() - t0:.1f}s on {encoder.device}"
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

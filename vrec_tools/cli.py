@@ -6,8 +6,8 @@ parser is built from the table with argparse subparsers; ``vrec --help`` lists e
 A handler is ``"module:function"``, imported only when its command runs (so ``vrec --help`` and
 ``vrec worker`` do not import training code). It takes the parsed :class:`argparse.Namespace`,
 with the arguments the row declares: a tuple of :func:`arg`, or ``"module:function"`` that adds
-them to the command's parser. A row with ``argv=True`` hands its command line to the module's own
-``main(argv)``, which parses it (its ``--help`` is that parser's).
+them to the command's parser. No command parses its own command line: this tree is the only
+parser (``tests/unit/test_cli_tree.py`` checks it).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ class Command:
     help: str
     handler: str  # "module:function"
     args: tuple[Arg, ...] | str = ()  # the arguments, or "module:function(parser)" adding them
-    argv: bool = False  # the handler is the module's main(argv): it parses the rest itself
     own_signals: bool = False  # handles SIGTERM itself (Faust's worker, the foreground broker)
 
     @property
@@ -58,6 +57,7 @@ class Command:
 GROUPS = {
     "broker": "local Kafka broker (dev and tests)",
     "catalogue": "a shop's catalogue",
+    "cache": "the image embedding cache",
     "bench": "benchmarks",
     "train": "train heads and encoders on image embeddings (needs torch)",
 }
@@ -142,22 +142,28 @@ COMMANDS: tuple[Command, ...] = (
         "vrec_tools.catalogue_cli:add_import_args",
     ),
     Command(
+        "cache fill",
+        "embed a catalogue's images into the cache (default: the H&M items)",
+        "encoders.cache:run_fill",
+        "encoders.cache:add_fill_args",
+    ),
+    Command(
         "eval",
         "replay evaluation through the live pipeline (or an offline baseline)",
-        "vrec_tools.eval.cli:main",
-        argv=True,
+        "vrec_tools.eval.cli:run",
+        "vrec_tools.eval.cli:add_args",
     ),
     Command(
         "eval catalogue",
         "catalogue-only evaluation: label precision of neighbours, a classifier",
-        "vrec_tools.eval.catalogue:main",
-        argv=True,
+        "vrec_tools.eval.catalogue:run",
+        "vrec_tools.eval.catalogue:add_args",
     ),
     Command(
         "eval baselines",
         "offline baselines on the dev split",
-        "vrec_tools.eval.baselines:main",
-        argv=True,
+        "vrec_tools.eval.baselines:run",
+        "vrec_tools.eval.baselines:add_args",
     ),
     Command(
         "report",
@@ -168,8 +174,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "bench encoder",
         "image encoder throughput and accuracy variants",
-        "encoders.training.bench:main",
-        argv=True,
+        "encoders.training.bench:run",
+        "encoders.training.bench:add_args",
     ),
     Command(
         "bench pipeline",
@@ -192,8 +198,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "train classify",
         "softmax head: product type / group or any catalogue column",
-        "encoders.training.train:main",
-        argv=True,
+        "encoders.training.train:run_classify_cli",
+        "encoders.training.train:add_classify_args",
     ),
     Command(
         "train distill",
@@ -337,18 +343,14 @@ def build_parser(load: Command | None | bool = True) -> argparse.ArgumentParser:
             )
         cmd = by_words.get(words)
         text = cmd.help if cmd is not None else GROUPS.get(words[0], "")
-        # a command whose module parses its own arguments answers --help itself
-        own_parser = cmd is not None and cmd.argv
-        p = subs[words[:-1]].add_parser(
-            words[-1], help=text, description=text, add_help=not own_parser
-        )
+        p = subs[words[:-1]].add_parser(words[-1], help=text, description=text)
         parsers[words] = p
         return p
 
     for cmd in COMMANDS:
         p = node(cmd.words)
         p.set_defaults(_command=cmd)
-        if not cmd.argv and (load is True or load == cmd):
+        if load is True or load == cmd:
             if isinstance(cmd.args, str):
                 _resolve(cmd.args)(p)
             else:
@@ -363,29 +365,13 @@ def _command_list() -> str:
     return "\n".join(lines)
 
 
-def _split(cmd: Command, argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(``vrec`` options and the command's words, the rest) of an ``argv=True`` command line.
-    The rest goes to the module's main(argv); ``train``'s keeps its subcommand word."""
-    i = -1
-    for word in cmd.words:
-        i = argv.index(word, i + 1)
-    keep = 1 if cmd.words[0] == "train" else 0
-    return list(argv[: i + 1]), list(argv[i + 1 - keep :])
-
-
-def _call(cmd: Command, args: argparse.Namespace, rest: list[str]) -> int:
-    handler = _resolve(cmd.handler)
-    result = handler(rest) if cmd.argv else handler(args)
-    return int(result or 0)
+def _call(cmd: Command, args: argparse.Namespace) -> int:
+    return int(_resolve(cmd.handler)(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    cmd = _selected(argv)
-    rest: list[str] = []
-    if cmd is not None and cmd.argv:
-        argv, rest = _split(cmd, argv)
-    args = build_parser(load=cmd).parse_args(argv)
+    args = build_parser(load=_selected(argv)).parse_args(argv)
     cmd = args._command
     level = logging.DEBUG if args.verbose else logging.INFO
     config = logging_config(get_settings().worker.log_format, level)
@@ -396,14 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.WARNING)
     if cmd.own_signals:
-        return _call(cmd, args, rest)
+        return _call(cmd, args)
     from streams.procs import Terminated, signals_as_interrupt
 
     # SIGTERM/SIGHUP (a CI or scheduler limit) take the Ctrl-C path: the with/finally blocks
     # of demo, eval and bench stop the broker and worker they started
     try:
         with signals_as_interrupt():
-            return _call(cmd, args, rest)
+            return _call(cmd, args)
     except Terminated as exc:
         print(f"vrec {cmd.path}: {exc}; stopped what it started", file=sys.stderr)
         return exc.exit_code

@@ -55,7 +55,7 @@ from encoders.preprocess import load_image, preprocess
 from encoders.training import variants as V
 from streams.util import sha256_file
 
-__all__ = ["ROWS", "main", "run_bench"]
+__all__ = ["ROWS", "add_args", "main", "run", "run_bench"]
 
 ROW_TORCH = "torch eager fp32"
 ROW_FP32 = "ORT fp32"
@@ -628,11 +628,11 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
     return result
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="vrec bench encoder",
-        description="Encoder variants side by side: images/s at batch 1 and 32, recall@10 vs fp32.",
-    )
+DESCRIPTION = "Encoder variants side by side: images/s at batch 1 and 32, recall@10 vs fp32."
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    """``vrec bench encoder``'s arguments."""
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--items", type=Path, help="items CSV with an image_path column")
     src.add_argument("--images", type=Path, help="directory of images (searched recursively)")
@@ -667,11 +667,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-spin-rows", action="store_true", help="leave out the 'no spin-wait' ORT rows"
     )
     ap.add_argument("-q", "--quiet", action="store_true", help="print only the table")
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``vrec bench encoder`` from ``argv`` (tests call this): :func:`add_args`, :func:`run`."""
+    ap = argparse.ArgumentParser(prog="vrec bench encoder", description=DESCRIPTION)
+    add_args(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vrec bench encoder``: time the variants, print the table (2: bad arguments)."""
     if args.n < 1 or args.catalogue < 12:
         print("--n must be >= 1 and --catalogue >= 12", file=sys.stderr)
         return 2

@@ -46,13 +46,11 @@ from encoders.training.classify import (
     run_classify,
 )
 
-__all__ = ["main", "run_classify"]
+__all__ = ["add_classify_args", "main", "run_classify", "run_classify_cli"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vrec train", description="Train heads on image embeddings")
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("classify", help="softmax head: product_type_name / product_group_name")
+def add_classify_args(p: argparse.ArgumentParser) -> None:
+    """``vrec train classify``'s arguments."""
     p.add_argument("--target", choices=[*TARGETS, "all"], default="product_type_name")
     p.add_argument("--label", help="any catalogue column (or mapped field) to predict")
     p.add_argument("--group", help="split by this column (e.g. product_code); else by item")
@@ -72,41 +70,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--limit", type=int, default=0, help="use only the first N items (0: all)")
     p.add_argument("--no-progress", action="store_true")
-    from encoders.training import adversarial, distill
 
-    distill.add_args(sub.add_parser("distill", help="distil the encoder into a MobileNetV2"))
-    adversarial.add_args(sub.add_parser("adversarial", help="perturbation-robust fine-tuning"))
-    from encoders.training import multimodal
 
-    multimodal.add_args(sub.add_parser("multimodal", help="image + text fusion: measurements"))
-    from encoders.training import similarity
-
-    similarity.add_args(sub.add_parser("similarity", help="colour-aware projection head"))
-    return ap
+def run_classify_cli(args: argparse.Namespace) -> int:
+    """``vrec train classify``: a head for ``--label`` (any catalogue) or ``--target`` (H&M)."""
+    return _classify_label(args) if args.label else _classify(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
-    if args.command == "classify":
-        return _classify_label(args) if args.label else _classify(args)
-    if args.command == "distill":
-        from encoders.training.distill import run_cli
+    """``vrec train <command> ...`` without the ``vrec`` (tests call this): each command's
+    parser from its own ``add_args``, as ``vrec train`` builds it, then its handler."""
+    from encoders.training import adversarial, distill, multimodal, similarity
 
-        return run_cli(args)
-    if args.command == "adversarial":
-        from encoders.training.adversarial import run_cli as run_adversarial_cli
-
-        return run_adversarial_cli(args)
-    if args.command == "multimodal":
-        from encoders.training.multimodal import run_cli as run_multimodal_cli
-
-        return run_multimodal_cli(args)
-    if args.command == "similarity":
-        from encoders.training.similarity import run_cli as run_similarity_cli
-
-        return run_similarity_cli(args)
-    return 2  # pragma: no cover - argparse rejects anything else
+    commands = {
+        "classify": (add_classify_args, run_classify_cli),
+        "distill": (distill.add_args, distill.run_cli),
+        "adversarial": (adversarial.add_args, adversarial.run_cli),
+        "multimodal": (multimodal.add_args, multimodal.run_cli),
+        "similarity": (similarity.add_args, similarity.run_cli),
+    }
+    ap = argparse.ArgumentParser(prog="vrec train", description="Train heads on image embeddings")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, (add, run) in commands.items():
+        p = sub.add_parser(name)
+        add(p)
+        p.set_defaults(_run=run)
+    args = ap.parse_args(sys.argv[1:] if argv is None else list(argv))
+    return args._run(args)
 
 
 # ------------------------------------------------------------------ classify
@@ -338,7 +328,3 @@ def _classify_label(args: argparse.Namespace) -> int:
     print(format_table([m]))
     print(format_per_class(m))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

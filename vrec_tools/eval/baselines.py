@@ -55,12 +55,14 @@ from .metrics import evaluate
 
 __all__ = [
     "BASELINES",
+    "add_args",
     "catalogue_embeddings",
     "co_counts",
     "itemcf",
     "popularity",
     "popularity_ranking",
     "repurchase",
+    "run",
     "run_baselines",
     "visual",
 ]
@@ -566,17 +568,18 @@ def format_table(results: dict[str, dict[str, float | int]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m vrec_tools.eval.baselines", description="Offline baselines on the dev split"
-    )
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """``vrec eval baselines``'s arguments."""
     parser.add_argument("--baseline", default="all", choices=(*BASELINES, "all"))
     parser.add_argument("--data", type=Path, default=DEFAULT_HM_DIR)
     parser.add_argument("--cutoff", default=DEV_CUTOFF)
     parser.add_argument("--end", default=DEV_END)
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (sqlite)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vrec eval baselines``: the table of the chosen baselines on the dev split."""
     names = BASELINES if args.baseline == "all" else (args.baseline,)
     results = run_baselines(names, args.data, args.cutoff, args.end, args.cache)
     print(format_table(results), flush=True)
@@ -584,7 +587,3 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -39,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "Catalogue",
+    "add_args",
     "classifier_top1",
     "column_map",
     "coverage",
@@ -49,6 +50,7 @@ __all__ = [
     "neighbour_grid",
     "precision_at_k",
     "read_catalogue",
+    "run",
     "split_holdout",
 ]
 
@@ -418,12 +420,8 @@ def summarise(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (``vrec eval catalogue``)."""
-    from encoders.cache import EmbeddingCache
-    from streams.settings import get_settings
-
-    ap = argparse.ArgumentParser(prog="vrec eval catalogue", description=__doc__.split("\n\n")[0])
+def add_args(ap: argparse.ArgumentParser) -> None:
+    """``vrec eval catalogue``'s arguments."""
     ap.add_argument("--items", type=Path, required=True, help="catalogue CSV/JSONL/Parquet")
     ap.add_argument("--map", default=None, help="field=column,... or hm (default: hm)")
     ap.add_argument("--map-file", type=Path, default=None, help="the column map as JSON")
@@ -445,7 +443,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-classifier", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vrec eval catalogue`` from ``argv`` (tests call this): :func:`add_args`, :func:`run`."""
+    ap = argparse.ArgumentParser(prog="vrec eval catalogue", description=__doc__.split("\n\n")[0])
+    add_args(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vrec eval catalogue``: the report, its summary and the neighbour grid."""
+    from encoders.cache import EmbeddingCache
+    from streams.settings import get_settings
 
     t0 = time.perf_counter()
     s = get_settings()
@@ -507,7 +517,3 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     print(f"wrote {out}, {out.with_suffix('.md')}, {grid_path}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

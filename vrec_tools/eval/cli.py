@@ -177,14 +177,8 @@ def plot(metrics: dict, path: Path, title: str) -> None:
     img.save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from vrec_tools.eval.metrics import evaluate
-
-    if argv and argv[0] == "catalogue":  # vrec eval catalogue: no interactions needed
-        from vrec_tools.eval.catalogue import main as catalogue_main
-
-        return catalogue_main(argv[1:])
-    ap = argparse.ArgumentParser(prog="vrec eval", description=__doc__.split("\n\n")[0])
+def add_args(ap: argparse.ArgumentParser) -> None:
+    """``vrec eval``'s arguments."""
     ap.add_argument("--items", type=Path, required=True)
     ap.add_argument("--images", type=Path, help="folder image_path is relative to")
     ap.add_argument("--history", type=Path)
@@ -204,7 +198,19 @@ def main(argv: list[str] | None = None) -> int:
         help="batch: the lists at the cut-off against the truth days; prequential: each truth "
         "event against the list its user had just before it (vrec_tools/eval/prequential.py)",
     )
-    args = ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vrec eval`` from ``argv`` (tests call this): :func:`add_args`, :func:`run`."""
+    ap = argparse.ArgumentParser(prog="vrec eval", description=__doc__.split("\n\n")[0])
+    add_args(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vrec eval``: score the live pipeline (or an offline baseline) on a history."""
+    from vrec_tools.eval.metrics import evaluate
+
     if args.protocol == "prequential":
         return _prequential(args)
 
