@@ -240,7 +240,7 @@ def test_cuda_device_loads_or_fails_clearly(model_path: Path) -> None:
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="encoders.training.export"):
+    with pytest.raises(FileNotFoundError, match="vrec export-model"):
         ImageEncoder(tmp_path / "none.onnx")
 
 
