@@ -41,7 +41,7 @@ class OfflineUsers:
         self.fold_cfg = FoldConfig.from_settings(settings)
         self.experiment = from_settings(settings)
         self.rank_cfgs = variant_configs(settings, self.experiment)
-        self.part = PartitionStates(settings).get(0)
+        self.part = PartitionStates(settings.popularity, settings.users.kind_weights).get(0)
         self.users: dict[bytes, bytes] = {}
         self.recommendations: list[Recommendation] = []
         self.offset = 0  # the next user-events offset

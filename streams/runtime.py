@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ import numpy as np
 from streams.catalogue import Catalogue
 from streams.ranking import Trending
 from streams.ranking.copurchase import CoPurchase
-from streams.settings import Settings
+from streams.settings import PopularitySettings, Settings
 from streams.tables import (
     parse_active_key,
     parse_copurchase_key,
@@ -39,9 +39,9 @@ class PartitionStates:
     """The users agent's in-memory mirrors of the trending, co-purchase and active-days tables,
     per user-events partition; rebuilt from the tables after every rebalance."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.popularity = settings.popularity
-        self.kind_weights = settings.users.kind_weights
+    def __init__(self, popularity: PopularitySettings, kind_weights: Mapping[str, float]) -> None:
+        self.popularity = popularity
+        self.kind_weights = dict(kind_weights)
         self._parts: dict[int, PartitionState] = {}
         self.loaded = False
         self.dirty: set[int] = set()  # partitions whose trending changed since published
@@ -128,7 +128,9 @@ class Runtime:
     partitions: PartitionStates = field(init=False)
 
     def __post_init__(self) -> None:
-        self.partitions = PartitionStates(self.settings)
+        self.partitions = PartitionStates(
+            self.settings.popularity, self.settings.users.kind_weights
+        )
 
     # -- threads --------------------------------------------------------------------------
     async def in_store(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:

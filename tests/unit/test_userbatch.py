@@ -81,7 +81,7 @@ def _catalogue(seed: int = 0) -> Catalogue:
 
 
 def _part(s: Settings) -> PartitionState:
-    return PartitionStates(s).get(PARTITION)
+    return PartitionStates(s.popularity, s.users.kind_weights).get(PARTITION)
 
 
 def _value(event_id, user_id, item_id, ts, kind="view", channel=None) -> bytes:
@@ -285,7 +285,7 @@ def test_process_batch_by_hand():
     assert set(folded.writes.active.values()) == {b"1"}
 
     # the tables rebuild the same partition state (what a restarted worker reads back)
-    restored = PartitionStates(s)
+    restored = PartitionStates(s.popularity, s.users.kind_weights)
     restored.load(tables.trending, tables.copurchase, tables.active)
     assert _part_view(restored.get(PARTITION)) == _part_view(part)
 
@@ -502,7 +502,7 @@ def test_folding_in_batches_equals_one_batch(scenario):
     assert tables.folded() == one_tables.folded()
     assert _part_view(part) == _part_view(one_part)
     assert dead == one_dead
-    restored = PartitionStates(s)
+    restored = PartitionStates(s.popularity, s.users.kind_weights)
     restored.load(tables.trending, tables.copurchase, tables.active)
     assert _part_view(restored.get(PARTITION)) == _part_view(part)
 
@@ -561,7 +561,7 @@ def test_recommendations_in_the_order_of_the_users_newest_events():
 
 def _restored(s: Settings, tables: Tables) -> PartitionState:
     """The partition state a restarted worker rebuilds from the tables."""
-    states = PartitionStates(s)
+    states = PartitionStates(s.popularity, s.users.kind_weights)
     states.load(tables.trending, tables.copurchase, tables.active)
     return states.get(PARTITION)
 
