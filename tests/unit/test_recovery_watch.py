@@ -45,3 +45,24 @@ def test_a_stalled_stream_is_sought_back_to_what_faust_has_read() -> None:
     # a read offset wins over a commit; a commit over the beginning; a truncated log's start
     got = reseek_offsets([p, v, u], {p: 40, v: None}, {p: 30, v: 25, u: None}, {u: 7})
     assert got == {p: 40, v: 25, u: 7}
+
+
+def test_dropped_tails_are_read_uncommitted_and_idle() -> None:
+    from streams.recovery import dropped_tails
+
+    v0, p0, u0 = TP("views", 0), TP("purchases", 0), TP("user-events", 0)
+    highwaters = {v0: 600, p0: 1401, u0: 2000}
+    read = {v0: 599, p0: 1400, u0: 1999}
+    committed = {v0: 600, p0: 1400, u0: 2000}
+    # the clock mark at 1400 was read, never delivered, never committed: re-fetch it
+    assert dropped_tails(highwaters, read, committed, busy=set()) == [p0]
+    # still in the agent's hands (unacked): not dropped
+    assert dropped_tails(highwaters, read, committed, busy={p0}) == []
+    # committed up to the high-water mark, or never read / never committed: nothing to do
+    assert dropped_tails(highwaters, read, {**committed, p0: 1401}, busy=set()) == []
+    assert dropped_tails(highwaters, {**read, p0: None}, committed, busy=set()) == []
+    assert dropped_tails(highwaters, read, {**committed, p0: None}, busy=set()) == []
+    # where to fetch it from again: the read offset (the record is delivered again)
+    from streams.recovery import reseek_offsets
+
+    assert reseek_offsets([p0], read, committed, {p0: 0}) == {p0: 1400}
