@@ -395,12 +395,10 @@ def hybrid_lists(
         k=cfg.k,
         keep=keep,
     )
-    states = [state for state, _, _ in users]
-    with_causes = [
+    return [
         hybrid_causes(ranked, state, ctx, rep=rep, seed_w=seed_w)
-        for ranked, state, (rep, seed_w) in zip(out, states, causes)
+        for ranked, (state, _, _), (rep, seed_w) in zip(out, users, causes)
     ]
-    return visual_causes_of(with_causes, states, ctx)
 
 
 def hybrid_causes(
@@ -415,8 +413,8 @@ def hybrid_causes(
 
     A repurchase points at the item itself; a sibling at the bought item of the same product
     with the largest (price-weighted) purchase weight; a co-purchase at the seed that added most
-    to its score (seed weight times the pair's count); trending items at nothing. Visual items
-    are left to :func:`visual_causes_of` (one product for a whole batch). Ties go to the
+    to its score (seed weight times the pair's count); a visual item at the most similar of the
+    user's recent items (:func:`visual_causes`); trending items at nothing. Ties go to the
     smaller item id.
     """
     code_of, co = ctx.catalogue.code_of, ctx.copurchase
@@ -434,7 +432,7 @@ def hybrid_causes(
             pairs = [p for p in pairs if p[0] < 0]
             because = min(pairs)[1] if pairs else None
         out.append(s if because is None else Scored(s.item_id, s.score, s.reason, because))
-    return out
+    return visual_causes(out, state, ctx)
 
 
 def anchors_of(history: Sequence[HistoryEntry], limit: int = ANCHORS) -> list[tuple[str, bool]]:
@@ -453,53 +451,28 @@ def anchors_of(history: Sequence[HistoryEntry], limit: int = ANCHORS) -> list[tu
 
 
 def visual_causes(ranked: Sequence[Scored], state: UserState, ctx: RankContext) -> list[Scored]:
-    """One user's :func:`visual_causes_of`."""
-    return visual_causes_of([ranked], [state], ctx)[0]
-
-
-def visual_causes_of(
-    lists: Sequence[Sequence[Scored]], states: Sequence[UserState], ctx: RankContext
-) -> list[list[Scored]]:
-    """Visual items of each user's list pointed at the most similar of that user's recent
-    items (:func:`anchors_of`; on a tie: a purchase, then the newer item); items without a
-    vector point at nothing. All users' similarities come from one stacked product."""
-    out = [list(ranked) for ranked in lists]
-    todo = []  # (user, positions of visual items without a cause, anchors)
-    for u, (ranked, state) in enumerate(zip(lists, states)):
-        at = [n for n, s in enumerate(ranked) if s.reason is Reason.VISUAL and s.because is None]
-        anchors = anchors_of(state.history) if at else []
-        if anchors:
-            todo.append((u, at, anchors))
-    if not todo:
-        return out
-    n_items = max(len(at) for _, at, _ in todo)
-    n_anchors = max(len(anchors) for _, _, anchors in todo)
-    width = n_items + n_anchors
-    ids = [""] * (len(todo) * width)  # "" has no vector: a zero row
-    for t, (u, at, anchors) in enumerate(todo):
-        base = t * width
-        for i, n in enumerate(at):
-            ids[base + i] = lists[u][n].item_id
-        for a, (item_id, _) in enumerate(anchors):
-            ids[base + n_items + a] = item_id
-    unit = _unit_rows(ids, ctx.catalogue).reshape(len(todo), width, -1)
-    usable = unit.any(axis=2)  # (users, width)
-    sims = np.matmul(unit[:, :n_items], unit[:, n_items:].transpose(0, 2, 1))  # (users, i, a)
-    sims = np.where(usable[:, None, n_items:], sims, -np.inf)
-    best = sims.max(axis=2)
-    ties = sims == best[..., None]
-    first = ties.argmax(axis=2)  # the newest of the most similar anchors
-    n_ties = ties.sum(axis=2)
-    for t, (u, at, anchors) in enumerate(todo):
-        for i, n in enumerate(at):
-            if not usable[t, i] or best[t, i] == -np.inf:
-                continue
-            pick = int(first[t, i])
-            if n_ties[t, i] > 1:  # a purchase among the tied anchors wins, else the newest
-                tied = np.flatnonzero(ties[t, i]).tolist()
-                pick = next((a for a in tied if anchors[a][1]), tied[0])
-            s = out[u][n]
-            out[u][n] = Scored(s.item_id, s.score, s.reason, anchors[pick][0])
+    """Visual items of ``ranked`` pointed at the most similar of the user's recent items (on
+    a tie: a purchase, then the newer item); items without a vector point at nothing."""
+    at = [n for n, s in enumerate(ranked) if s.reason is Reason.VISUAL and s.because is None]
+    if not at:
+        return list(ranked)
+    anchors = anchors_of(state.history)
+    if not anchors:
+        return list(ranked)
+    n_anchors = len(anchors)
+    unit = _unit_rows([a for a, _ in anchors] + [ranked[n].item_id for n in at], ctx.catalogue)
+    usable = unit.any(axis=1)
+    sims = unit[n_anchors:] @ unit[:n_anchors].T  # (items, anchors), anchors newest first
+    sims[:, ~usable[:n_anchors]] = -np.inf
+    out = list(ranked)
+    for row, n in enumerate(at):
+        best = sims[row].max()
+        if not usable[n_anchors + row] or best == -np.inf:
+            continue
+        ties = np.flatnonzero(sims[row] == best).tolist()  # newest first
+        pick = next((a for a in ties if anchors[a][1]), ties[0])  # a purchase, else the newest
+        s = out[n]
+        out[n] = Scored(s.item_id, s.score, s.reason, anchors[pick][0])
     return out
 
 
