@@ -25,6 +25,7 @@ offset (:func:`reseek_offsets`) before they are resumed.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping
 from time import monotonic
 from typing import Any
@@ -108,11 +109,23 @@ class SeekFirstRecovery(Recovery):
             checked = monotonic()  # an idle, caught-up worker asks once per stall_after
             if stuck:
                 self.log.warning(
-                    "Streams read nothing for %.0f s with records waiting on %s; state: %s",
+                    "Streams read nothing for %.0f s with records waiting on %s; state: %s; "
+                    "fetcher: %s; tasks:\n%s",
                     monotonic() - since,
                     stuck,
                     {tp: _fetch_state(consumer, tp) for tp in stuck},
+                    fetcher_state(self.app),
+                    "\n".join(
+                        f"  {n} x {chain}"
+                        for chain, n in sorted(
+                            Counter(map(await_chain, asyncio.all_tasks())).items()
+                        )
+                    ),
                 )
+                if not fetcher_state(self.app)["draining"]:
+                    # the task that feeds the streams is gone: start a fresh one
+                    await self.app._stop_fetcher()  # type: ignore[attr-defined]
+                    self.log.warning("Restarted the fetcher, whose drain task had ended")
                 earliest = await consumer.earliest_offsets(*stuck)
                 offsets = reseek_offsets(
                     stuck, now_offsets, dict(consumer._committed_offset), earliest
@@ -269,6 +282,55 @@ def reseek_offsets(
         else:
             out[tp] = int(earliest.get(tp) or 0)
     return out
+
+
+def await_chain(task: asyncio.Future) -> str:
+    """Where a task waits: its chain of awaited coroutines, outermost first, each as
+    ``qualname:line``, ending with the future it waits on (for the stall report)."""
+    get_coro = getattr(task, "get_coro", None)
+    coro: Any = get_coro() if get_coro is not None else task
+    parts = []
+    for _ in range(64):
+        if coro is None:
+            break
+        code = next(
+            (getattr(coro, a) for a in ("cr_code", "gi_code", "ag_code") if hasattr(coro, a)),
+            None,
+        )
+        if code is None:
+            parts.append(type(coro).__name__)
+            break
+        frame = next(
+            (getattr(coro, a) for a in ("cr_frame", "gi_frame", "ag_frame") if hasattr(coro, a)),
+            None,
+        )
+        parts.append(f"{code.co_qualname}:{frame.f_lineno if frame is not None else '-'}")
+        coro = next(
+            (
+                getattr(coro, a)
+                for a in ("cr_await", "gi_yieldfrom", "ag_await")
+                if hasattr(coro, a)
+            ),
+            None,
+        )
+    return " > ".join(parts)
+
+
+def fetcher_state(app: Any) -> dict[str, Any]:
+    """Whether Faust's fetcher service runs and its drain task (the one that moves records
+    from the consumer into the stream queues) is alive, and the app's rebalance flags."""
+    fetcher = app._fetcher
+    futures = list(getattr(fetcher, "_futures", ()))
+    return {
+        "started": fetcher._started.is_set(),
+        "stopped": fetcher._stopped.is_set(),
+        "crashed": fetcher._crashed.is_set(),
+        "draining": fetcher._started.is_set() and any(not f.done() for f in futures),
+        "tasks": len(futures),
+        "rebalancing": app.rebalancing,
+        "flow_control_active": app.flow_control.is_active(),
+        "queued": sorted(q.qsize() for q in list(getattr(app.flow_control, "_queues", ()))),
+    }
 
 
 def _fetch_state(consumer: Any, tp: TP) -> dict[str, Any]:

@@ -66,3 +66,70 @@ def test_dropped_tails_are_read_uncommitted_and_idle() -> None:
     from streams.recovery import reseek_offsets
 
     assert reseek_offsets([p0], read, committed, {p0: 0}) == {p0: 1400}
+
+
+def test_await_chain_names_where_a_task_waits() -> None:
+    import asyncio
+
+    from streams.recovery import await_chain
+
+    async def inner(gate: asyncio.Event) -> None:
+        await gate.wait()
+
+    async def outer(gate: asyncio.Event) -> None:
+        await inner(gate)
+
+    async def main() -> str:
+        gate = asyncio.Event()
+        task = asyncio.ensure_future(outer(gate))
+        await asyncio.sleep(0)
+        chain = await_chain(task)
+        gate.set()
+        await task
+        return chain
+
+    chain = asyncio.run(main())
+    names = [part.split(":")[0] for part in chain.split(" > ")]
+    assert names[:3] == [
+        "test_await_chain_names_where_a_task_waits.<locals>.outer",
+        "test_await_chain_names_where_a_task_waits.<locals>.inner",
+        "Event.wait",
+    ]
+    assert names[-1].startswith("Future")  # the future it waits on (FutureIter in C)
+
+
+def test_fetcher_state_sees_a_fetcher_whose_drain_task_ended() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    from streams.recovery import fetcher_state
+
+    async def main() -> tuple[dict, dict]:
+        def event(on: bool) -> asyncio.Event:
+            e = asyncio.Event()
+            if on:
+                e.set()
+            return e
+
+        flow = FlowControlEvent(initially_suspended=False)
+        queue = FlowControlQueue(maxsize=10, flow_control=flow, clear_on_resume=True)
+        queue.put_nowait(1)
+        running = asyncio.ensure_future(asyncio.sleep(10))
+        done = asyncio.ensure_future(asyncio.sleep(0))
+        await asyncio.sleep(0.01)
+
+        def app(fut: asyncio.Future) -> SimpleNamespace:
+            fetcher = SimpleNamespace(
+                _futures={fut}, _started=event(True), _stopped=event(False), _crashed=event(False)
+            )
+            return SimpleNamespace(_fetcher=fetcher, rebalancing=False, flow_control=flow)
+
+        alive, dead = fetcher_state(app(running)), fetcher_state(app(done))
+        running.cancel()
+        return alive, dead
+
+    alive, dead = asyncio.run(main())
+    assert alive["draining"] and not dead["draining"]
+    assert alive["queued"] == [1] and alive["flow_control_active"]
