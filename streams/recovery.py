@@ -25,6 +25,10 @@ offset (:func:`reseek_offsets`) before they are resumed.
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
+import logging
+import os
 from collections import Counter
 from collections.abc import Mapping
 from time import monotonic
@@ -35,8 +39,14 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 from mode import Service
 
+#: The worker's exit code when the stream watchdog gives up (EX_TEMPFAIL).
+EXIT_STALLED = 75
+
 
 class SeekFirstRecovery(Recovery):
+    #: Stalls in a row, each nudged without effect, after which the watchdog stops the worker
+    #: (a supervisor -- Kubernetes, compose's restart policy -- starts a fresh one).
+    give_up_after: int = 6
     #: Seconds an active changelog partition with records left may go without progress before
     #: the watchdog reports its fetch state and seeks it again (see ``_watch_active_recovery``).
     stall_after: float = 20.0
@@ -85,10 +95,19 @@ class SeekFirstRecovery(Recovery):
         view, seeks those partitions back to what Faust has read (:func:`reseek_offsets`:
         its read offset, else the committed offset, else the beginning) and resumes the
         partitions and the flow. A record may be delivered twice; the agents are idempotent
-        (user folds skip seen offsets and event ids, embeddings are upserts)."""
+        (user folds skip seen offsets and event ids, embeddings are upserts).
+
+        Escalation (2026-12-02: CI saw a worker whose re-seeks changed nothing for 10 minutes,
+        aiokafka's position staying where the seek put it): from the second futile nudge in a
+        row with no message in the agents' hands, the fetcher is restarted too (its drain task
+        is cancelled; it may wait on a fetch that never returns); after ``give_up_after``
+        futile nudges the worker exits with :data:`EXIT_STALLED` for its supervisor to start a
+        fresh one. Each report lists where every task waits (:func:`await_chain`)."""
         consumer = self.app.consumer
         last: dict[TP, Any] = {}
         since = checked = monotonic()  # last read-offset move; last broker check
+        after_nudge: dict[TP, Any] | None = None  # read offsets right after the last nudge
+        futile = 0  # nudges in a row after which nothing was read
         while not self.should_stop:
             await self.sleep(5.0)
             if self.in_recovery or not self.completed.is_set():
@@ -110,11 +129,12 @@ class SeekFirstRecovery(Recovery):
             if stuck:
                 self.log.warning(
                     "Streams read nothing for %.0f s with records waiting on %s; state: %s; "
-                    "fetcher: %s; tasks:\n%s",
+                    "fetcher: %s; aiokafka fetcher: %s; tasks:\n%s",
                     monotonic() - since,
                     stuck,
                     {tp: _fetch_state(consumer, tp) for tp in stuck},
                     fetcher_state(self.app),
+                    kafka_fetcher_state(consumer),
                     "\n".join(
                         f"  {n} x {chain}"
                         for chain, n in sorted(
@@ -122,10 +142,28 @@ class SeekFirstRecovery(Recovery):
                         )
                     ),
                 )
-                if not fetcher_state(self.app)["draining"]:
-                    # the task that feeds the streams is gone: start a fresh one
-                    await self.app._stop_fetcher()  # type: ignore[attr-defined]
-                    self.log.warning("Restarted the fetcher, whose drain task had ended")
+                futile = futile + 1 if now_offsets == after_nudge else 1
+                action = stall_action(
+                    futile,
+                    idle=not busy,
+                    draining=fetcher_state(self.app)["draining"],
+                    give_up_after=self.give_up_after,
+                )
+                if action == "exit":
+                    self.log.critical(
+                        "Streams read nothing after %d seeks and fetcher restarts; exiting "
+                        "(code %d) so that the supervisor starts a fresh worker",
+                        futile - 1,
+                        EXIT_STALLED,
+                    )
+                    logging.shutdown()
+                    os._exit(EXIT_STALLED)  # as a SIGKILL: every agent survives one
+                if action == "restart":
+                    try:
+                        await asyncio.wait_for(self.app._stop_fetcher(), timeout=30.0)  # type: ignore[attr-defined]
+                        self.log.warning("Restarted the fetcher (stall %d)", futile)
+                    except asyncio.TimeoutError:  # the next futile stall counts towards "exit"
+                        self.log.warning("The fetcher did not stop within 30 s (stall %d)", futile)
                 earliest = await consumer.earliest_offsets(*stuck)
                 offsets = reseek_offsets(
                     stuck, now_offsets, dict(consumer._committed_offset), earliest
@@ -135,6 +173,7 @@ class SeekFirstRecovery(Recovery):
                 consumer.resume_flow()
                 await self.app._fetcher.maybe_start()  # type: ignore[attr-defined]
                 self.log.warning("Re-sought %s and resumed the stream partitions", offsets)
+                after_nudge = {tp: consumer._read_offset.get(tp) for tp in tps}
                 last, since = {}, monotonic()  # still stuck after stall_after: again
 
     async def _nudge(self, tps: list[TP]) -> None:
@@ -194,6 +233,18 @@ class SeekFirstRecovery(Recovery):
             self.tables.on_standbys_ready()
         self.app.on_rebalance_end()
         self.log.info("Worker ready")
+
+
+def stall_action(futile: int, *, idle: bool, draining: bool, give_up_after: int) -> str:
+    """What the stream watchdog does at a stall, the ``futile``-th in a row after nudges that
+    changed nothing: "seek" (seek back and resume), "restart" (also start a fresh fetcher:
+    its drain task ended, or a seek did not help and no agent holds a message -- the drain may
+    wait on a fetch that never returns) or "exit" (``give_up_after`` futile nudges, idle)."""
+    if idle and futile > give_up_after:
+        return "exit"
+    if not draining or (idle and futile > 1):
+        return "restart"
+    return "seek"
 
 
 def stalled_partitions(
@@ -297,6 +348,15 @@ def await_chain(task: asyncio.Future) -> str:
             (getattr(coro, a) for a in ("cr_code", "gi_code", "ag_code") if hasattr(coro, a)),
             None,
         )
+        if code is None and type(coro).__name__ in (
+            "async_generator_asend",
+            "async_generator_athrow",
+        ):
+            # the awaitable of ``async for``: follow it into its generator
+            gens = [r for r in gc.get_referents(coro) if inspect.isasyncgen(r)]
+            if gens:
+                coro = gens[0]
+                continue
         if code is None:
             parts.append(type(coro).__name__)
             break
@@ -331,6 +391,24 @@ def fetcher_state(app: Any) -> dict[str, Any]:
         "flow_control_active": app.flow_control.is_active(),
         "queued": sorted(q.qsize() for q in list(getattr(app.flow_control, "_queues", ()))),
     }
+
+
+def kafka_fetcher_state(consumer: Any) -> dict[str, Any]:
+    """aiokafka's fetcher behind Faust's consumer thread: whether its fetch routine runs, the
+    nodes with a fetch in flight and the partitions with fetched records not yet handed out."""
+    try:
+        fetcher = consumer._thread._ensure_consumer()._fetcher
+        task = fetcher._fetch_task
+        return {
+            "routine_done": task.done(),
+            "routine_error": repr(task.exception())
+            if task.done() and not task.cancelled()
+            else None,
+            "in_flight": sorted(map(str, fetcher._in_flight)),
+            "buffered": sorted(map(str, fetcher._records)),
+        }
+    except Exception as exc:  # diagnostics only: never fail the watchdog
+        return {"kafka_fetcher_error": repr(exc)}
 
 
 def _fetch_state(consumer: Any, tp: TP) -> dict[str, Any]:

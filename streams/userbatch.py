@@ -92,6 +92,10 @@ class PartitionState:
     # trending / co-purchase key -> offset of the last record counted in it, as restored from
     # the tables (streams/tables.py): a redelivered record is not counted twice in a cell
     applied: dict[bytes, int] = field(default_factory=dict)
+    # the newest offset whose counts the mirrors hold: the last batch's end, or after a restart
+    # the newest offset in ``applied`` (a crash after a batch's shared cells were written, before
+    # its user states: a redelivered batch that ends earlier is ranked with those counts)
+    counted_through: int = -1
 
 
 class EncodedStates(Mapping[bytes, bytes]):
@@ -146,7 +150,9 @@ class Folded:
     last_event: dict[str, Interaction]  # each of them: the newest event folded
     writes: TableWrites
     dead: list[tuple[str, InputRecord]]  # (reason, record)
-    as_of: int | None  # offset of the batch's last record
+    # the offset the shared counts are as of: the batch's last record's, unless a restart
+    # restored counts of later records (PartitionState.counted_through)
+    as_of: int | None
     hits: list[OnlineHit] = field(default_factory=list)  # online metrics, in folding order
 
 
@@ -274,13 +280,15 @@ def fold_batch(
                 for old_day, old_user in active.expire(partition, oldest):
                     writes.active[active_key(partition, old_day, old_user)] = None
     writes.users = EncodedStates(states)
+    if records:
+        part.counted_through = max(part.counted_through, records[-1].offset)
     return Folded(
         partition=partition,
         states=states,
         last_event=last_event,
         writes=writes,
         dead=dead,
-        as_of=records[-1].offset if records else None,
+        as_of=part.counted_through if records else None,
         hits=hits,
     )
 

@@ -7,6 +7,10 @@ and writes the tables (user states last, once the broker has the shared cells: a
 that redelivers the batch, and the offsets kept in each user state and each shared cell make the
 redelivery fold once).
 
+Each batch's shared cells wait until the previous batch's user states are on the broker, so a
+crash leaves at most one batch half written; a redelivered batch that ends before the restored
+counts do is published as of their offset (``PartitionState.counted_through``).
+
 A clock mark (events.Tick) on user-events closes the days before it: every user active in those
 days is re-ranked with the days' final popularity and co-purchase counts (a list computed right
 after a user's event only saw the day so far) and published with trigger "day_close". The close
@@ -165,6 +169,11 @@ def register(
             sent.append(await producer.send(changelog, key, value, partition, None, None))
         return sent
 
+    # delivery futures of the last batch's user states: the next batch's shared cells wait for
+    # them, so a crash leaves at most one batch with shared cells on the broker and user states
+    # missing (a redelivered batch is then ranked with that batch's counts, no later ones)
+    users_in_flight: list[asyncio.Future] = []
+
     async def publish(rec) -> None:  # streams.events.Recommendation
         # through the topic: Faust's sensor hooks count it and time it (streams/metrics.py)
         await topics.recommendations.send(key=rec.user_id.encode(), value=rec.to_bytes())
@@ -200,6 +209,9 @@ def register(
         # send a full batch of one topic before an older one of another): a redelivered batch
         # then finds either the user state (and skips the event) or the cell's offset (and
         # skips that cell), never a user state without its counts.
+        if users_in_flight:
+            await asyncio.gather(*users_in_flight)
+            users_in_flight.clear()
         shared = [
             *await write(tables.trending, partition, folded.writes.trending),
             *await write(tables.copurchase, partition, folded.writes.copurchase),
@@ -207,7 +219,7 @@ def register(
         ]
         if shared:
             await asyncio.gather(*shared)
-        await write(tables.users, partition, folded.writes.users)
+        users_in_flight.extend(await write(tables.users, partition, folded.writes.users))
 
     async def close_days(partition: int, tick: Tick, offset: int) -> None:
         """Re-rank and publish the users active in the partition's days before the tick's."""

@@ -133,3 +133,43 @@ def test_fetcher_state_sees_a_fetcher_whose_drain_task_ended() -> None:
     alive, dead = asyncio.run(main())
     assert alive["draining"] and not dead["draining"]
     assert alive["queued"] == [1] and alive["flow_control_active"]
+
+
+def test_await_chain_follows_async_for_into_the_generator() -> None:
+    import asyncio
+
+    from streams.recovery import await_chain
+
+    async def records(gate: asyncio.Event):
+        await gate.wait()
+        yield 1
+
+    async def drain(gate: asyncio.Event) -> None:
+        async for _ in records(gate):
+            pass
+
+    async def main() -> str:
+        gate = asyncio.Event()
+        task = asyncio.ensure_future(drain(gate))
+        await asyncio.sleep(0)
+        chain = await_chain(task)
+        gate.set()
+        await task
+        return chain
+
+    names = [part.split(":")[0].rsplit(".", 1)[-1] for part in asyncio.run(main()).split(" > ")]
+    assert names[:3] == ["drain", "records", "wait"]
+
+
+def test_stall_action_escalates_from_seek_to_fetcher_restart_to_exit() -> None:
+    from streams.recovery import stall_action
+
+    def act(futile: int, idle: bool = True, draining: bool = True) -> str:
+        return stall_action(futile, idle=idle, draining=draining, give_up_after=3)
+
+    assert [act(n) for n in range(1, 6)] == ["seek", "restart", "restart", "exit", "exit"]
+    # an agent holding a message is working (a long day close), not stalled: seeks only
+    assert [act(n, idle=False) for n in (1, 2, 9)] == ["seek", "seek", "seek"]
+    # a fetcher whose drain task ended is restarted at once
+    assert act(1, draining=False) == "restart"
+    assert act(9, idle=False, draining=False) == "restart"

@@ -626,6 +626,46 @@ def test_a_crash_between_the_writes_counts_nothing_twice(data):
     assert _part_view(restarted) == _part_view(whole_part)
 
 
+def test_a_redelivered_batch_cut_shorter_is_published_as_of_the_restored_counts():
+    """The worker dies after every shared cell of a batch reached the broker and before any of
+    its user states; Kafka redelivers the batch cut shorter. The counts restored from the
+    tables are those after the whole batch, so the shorter batch's lists are published as of
+    the newest offset counted in them (not the shorter batch's end), and a user whose events
+    all lie in the shorter batch gets the list of the uninterrupted run."""
+    s, cat = _settings(), _catalogue()
+    records = _records()
+    first, second = records[:7], records[7:]
+    whole, whole_part = Tables(), _part(s)
+    _process(first, s, whole, whole_part, cat)
+    straight = {r.user_id: r for r in _process(second, s, whole, whole_part, cat).recommendations}
+
+    tables, part = Tables(), _part(s)
+    _process(first, s, tables, part, cat)
+    folded = fold_batch(
+        second,
+        partition=PARTITION,
+        part=part,
+        users=tables.user,
+        catalogue=cat,
+        cfg=FoldConfig.from_settings(s),
+    )
+    for name in ("trending", "copurchase", "active"):
+        tables.apply(TableWrites(**{name: getattr(folded.writes, name)}))
+    restarted = _restored(s, tables)
+    newest_cell = max(restarted.applied.values())
+    assert restarted.counted_through == newest_cell > second[4].offset
+
+    shorter = _process(second[:5], s, tables, restarted, cat).recommendations  # ends at e110
+    assert {r.as_of_offset for r in shorter} == {newest_cell}
+    u1 = next(r for r in shorter if r.user_id == "u1")  # e110 is u1's newest event
+    assert [(i.item_id, i.score) for i in u1.items] == [
+        (i.item_id, i.score) for i in straight["u1"].items
+    ]
+    rest = _process(second[5:], s, tables, restarted, cat).recommendations
+    assert {r.as_of_offset for r in rest} == {second[-1].offset}
+    assert tables.folded() == whole.folded()
+
+
 def _with_source(raw: bytes, position: tuple[int, int, int]) -> bytes:
     return json.dumps({**json.loads(raw), "ingested_from": list(position)}).encode()
 
