@@ -12,22 +12,21 @@ unit user vectors to search for, and the caller passes the hits back to :func:`r
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from streams.catalogue import Catalogue
-from streams.events import RecItem, Recommendation
+from streams.events import Recommendation
 from streams.experiment import Experiment, variant_settings
 from streams.ranking import Reason, Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
 from streams.ranking.hybrid import (
     HybridWeights,
-    blend,
+    blend_rows,
     boost_by_popularity,
     price_weighted,
     sibling_scores,
-    top_by_score,
 )
 from streams.settings import Settings
 from streams.userstate import (
@@ -256,25 +255,38 @@ def rank_states(
     """
     cfg = ctx.config
     vectors = _vectors(states, ctx)
-    head_cos = ctx.head_cosines(vectors) if cfg.ranker == "hybrid" and cfg.weights.vis else {}
-    out = {}
+    out: dict[str, tuple[list[Scored], str]] = {}
+    hybrid: dict[str, tuple[UserState, np.ndarray | None, frozenset[str]]] = {}
     for user_id, state in states.items():
         vec = vectors.get(user_id)
         exclude = excluded_items(state, cfg.exclude)
         if not personalised(state, vec, cfg):
             out[user_id] = ctx.trending_list(exclude), "trending"
-            continue
-        if cfg.ranker == "hybrid":
-            ranked = hybrid_list(state, vec, ctx, exclude, head_cos.get(user_id))
-            strategy = "hybrid"
+        elif cfg.ranker == "hybrid":
+            hybrid[user_id] = state, vec, exclude
+            out[user_id] = [], "hybrid"  # ranked below, all together; keeps the users' order
         else:
             found = (candidates or {}).get(user_id) or []
             ranked = visual_causes(rank_by_similarity(vec, found, cfg.k, exclude), state, ctx)
-            strategy = "visual"
-        if len(ranked) < cfg.k:  # small catalogue or few candidates: fill with trending items
-            ranked = fill(ranked, ctx.trending_list(exclude), cfg.k)
-        out[user_id] = ranked, strategy
+            out[user_id] = _filled(ranked, ctx, exclude), "visual"
+    if hybrid:
+        head_cos = None
+        if cfg.weights.vis:
+            cos = ctx.head_cosines({u: v for u, (_, v, _) in hybrid.items() if v is not None})
+            head_cos = np.zeros((len(hybrid), len(ctx.head_ids)))
+            for n, user_id in enumerate(hybrid):
+                if user_id in cos:
+                    head_cos[n] = cos[user_id]
+        for user_id, ranked in zip(hybrid, hybrid_lists(list(hybrid.values()), ctx, head_cos)):
+            out[user_id] = _filled(ranked, ctx, hybrid[user_id][2]), "hybrid"
     return out
+
+
+def _filled(ranked: list[Scored], ctx: RankContext, exclude: frozenset[str]) -> list[Scored]:
+    """Short lists (small catalogue, few candidates) filled with trending items."""
+    if len(ranked) < ctx.config.k:
+        return fill(ranked, ctx.trending_list(exclude), ctx.config.k)
+    return ranked
 
 
 def hybrid_list(
@@ -284,56 +296,111 @@ def hybrid_list(
     exclude: frozenset[str],
     head_cos: np.ndarray | None = None,
 ) -> list[Scored]:
-    """Repurchase + siblings + co-purchase + visual re-ranking + popularity (see ranking.hybrid).
+    """One user's hybrid list (:func:`hybrid_lists` for a single user)."""
+    cos = None if head_cos is None else head_cos[None, :]
+    return hybrid_lists([(state, vec, exclude)], ctx, cos)[0]
 
-    Candidates: the trending head (shared: its popularity and cosines come from the context)
-    followed by the user's own items -- purchases, their siblings, their co-purchase neighbours.
+
+def hybrid_lists(
+    users: Sequence[tuple[UserState, np.ndarray | None, frozenset[str]]],
+    ctx: RankContext,
+    head_cos: np.ndarray | None = None,
+) -> list[list[Scored]]:
+    """Repurchase + siblings + co-purchase + visual re-ranking + popularity (see ranking.hybrid)
+    for many users at once: each user's (state, vector or None, excluded items) -> top-k.
+
+    Candidates: the trending head (shared: its popularity and, in ``head_cos`` (users x head),
+    the users' cosines with it) followed by each user's own items -- purchases, their siblings,
+    their co-purchase neighbours. The users' candidates are the rows of one matrix (head columns
+    first, then each user's own items, padded), so the blend, the scaling of each signal by its
+    maximum over the user's candidates, the exclusions and the top-k are array operations over
+    the whole batch; the order is :func:`~streams.ranking.hybrid.blend`'s (score desc, then item
+    id; the reason is the largest contribution, ties to the later signal name).
     """
     cfg, w, cat = ctx.config, ctx.config.weights, ctx.catalogue
-    bought = state.last_purchase
-    now = state.last_ts
-    seeds = sorted(bought.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.cf_seeds]
-    seed_w = {i: 2.0 ** ((t - now) / cfg.half_life_s) for i, t in seeds}
-    cf_ids, cf_vals = ctx.copurchase.score_arrays(seed_w, cfg.cf_per_seed)
-    if len(cf_ids) > cfg.cf_candidates:
-        kept = top_by_score(cf_ids, cf_vals, cfg.cf_candidates)
-        cf_ids, cf_vals = [cf_ids[j] for j in kept], cf_vals[kept]
-    rep = price_weighted(state.rep, cat.price_of, w.price_exponent)
-    sib = sibling_scores(rep, cat.code_of, cat.members)
-    score = ctx.trending.score
-    sib = boost_by_popularity(sib, {j: score(j) for j in sib}, ctx.pop_max, w.sib_pop)
     head_pos, n_head = ctx.head_pos, len(ctx.head_ids)
-    extra = [j for j in dict.fromkeys([*rep, *sib, *cf_ids]) if j not in head_pos]
-    ids = ctx.head_ids + extra
-    pos = dict(head_pos)
-    pos.update((j, n_head + e) for e, j in enumerate(extra))
+    half_life, score = cfg.half_life_s, ctx.trending.score
+    extras: list[list[str]] = []
+    cells: dict[str, tuple[list[int], list[int], list[float]]] = {
+        name: ([], [], []) for name in ("rep", "sib", "cf")
+    }
+    excluded: tuple[list[int], list[int]] = ([], [])
+    vis_extra: list[np.ndarray | None] = []
+    causes: list[tuple[dict[str, float], dict[str, float]]] = []  # (rep, seed weights) per user
+    for u, (state, vec, exclude) in enumerate(users):
+        now = state.last_ts
+        seeds = sorted(state.last_purchase.items(), key=lambda kv: (-kv[1], kv[0]))
+        seed_w = {i: 2.0 ** ((t - now) / half_life) for i, t in seeds[: cfg.cf_seeds]}
+        cf_ids, cf_vals = ctx.copurchase.score_arrays(
+            seed_w, cfg.cf_per_seed, limit=cfg.cf_candidates
+        )
+        rep = price_weighted(state.rep, cat.price_of, w.price_exponent)
+        sib = sibling_scores(rep, cat.code_of, cat.members)
+        sib = boost_by_popularity(sib, {j: score(j) for j in sib}, ctx.pop_max, w.sib_pop)
+        extra = [j for j in dict.fromkeys([*rep, *sib, *cf_ids]) if j not in head_pos]
+        own = {j: n_head + e for e, j in enumerate(extra)}
+        for name, keys, values in (
+            ("rep", rep, rep.values()),
+            ("sib", sib, sib.values()),
+            ("cf", cf_ids, cf_vals.tolist()),
+        ):
+            rows, cols, vals = cells[name]
+            cols.extend(head_pos[j] if j in head_pos else own[j] for j in keys)
+            rows.extend([u] * (len(cols) - len(rows)))
+            vals.extend(values)
+        for j in exclude:
+            col = head_pos.get(j, own.get(j))
+            if col is not None:
+                excluded[0].append(u)
+                excluded[1].append(col)
+        extras.append(extra)
+        causes.append((rep, seed_w))
+        vis_extra.append(_cosines(vec, extra, cat) if w.vis and vec is not None else None)
 
-    def column(keys: Iterable[str], values: Iterable[float]) -> np.ndarray:
-        out = np.zeros(len(ids))
-        out[[pos[j] for j in keys]] = list(values)
-        return out
-
-    pop = np.concatenate([ctx.head_pop, ctx.trending.scores(extra)])
-    if w.vis and vec is not None:
-        head = head_cos if head_cos is not None else np.zeros(n_head)
-        vis = np.concatenate([head, _cosines(vec, extra, cat)])
-    else:
-        vis = np.zeros(len(ids))
-    keep = None
-    if exclude:
-        keep = np.fromiter((j not in exclude for j in ids), dtype=bool, count=len(ids))
-    ranked = blend(
-        ids,
-        rep=column(rep, rep.values()),
-        sib=column(sib, sib.values()),
-        cf=column(cf_ids, cf_vals),
+    n_users, width = len(users), n_head + max((len(e) for e in extras), default=0)
+    if n_users == 0 or width == 0 or cfg.k <= 0:
+        return [[] for _ in users]
+    real = np.zeros((n_users, width), dtype=bool)  # a candidate (not padding)
+    real[:, :n_head] = True
+    pop = np.zeros((n_users, width))
+    pop[:, :n_head] = ctx.head_pop
+    vis = np.zeros((n_users, width))
+    if head_cos is not None and w.vis:
+        vis[:, :n_head] = head_cos
+    flat_extra = [j for extra in extras for j in extra]
+    if flat_extra:
+        rows = np.repeat(np.arange(n_users), [len(e) for e in extras])
+        cols = np.concatenate([np.arange(n_head, n_head + len(e)) for e in extras])
+        real[rows, cols] = True
+        pop[rows, cols] = ctx.trending.scores(flat_extra)
+        for u, cos in enumerate(vis_extra):
+            if cos is not None and len(cos):
+                vis[u, n_head : n_head + len(cos)] = cos
+    raw = {}
+    for name, (rows, cols, vals) in cells.items():
+        raw[name] = np.zeros((n_users, width))
+        if rows:
+            raw[name][rows, cols] = vals
+    keep = real
+    if excluded[0]:
+        keep[excluded[0], excluded[1]] = False
+    out = blend_rows(
+        lambda u, col: ctx.head_ids[col] if col < n_head else extras[u][col - n_head],
+        rep=raw["rep"],
+        sib=raw["sib"],
+        cf=raw["cf"],
         vis=vis,
         pop=pop,
         weights=w,
         k=cfg.k,
         keep=keep,
     )
-    return hybrid_causes(ranked, state, ctx, rep=rep, seed_w=seed_w)
+    states = [state for state, _, _ in users]
+    with_causes = [
+        hybrid_causes(ranked, state, ctx, rep=rep, seed_w=seed_w)
+        for ranked, state, (rep, seed_w) in zip(out, states, causes)
+    ]
+    return visual_causes_of(with_causes, states, ctx)
 
 
 def hybrid_causes(
@@ -348,8 +415,8 @@ def hybrid_causes(
 
     A repurchase points at the item itself; a sibling at the bought item of the same product
     with the largest (price-weighted) purchase weight; a co-purchase at the seed that added most
-    to its score (seed weight times the pair's count); a visual item at the most similar of the
-    user's recent items (:func:`visual_causes`); trending items at nothing. Ties go to the
+    to its score (seed weight times the pair's count); trending items at nothing. Visual items
+    are left to :func:`visual_causes_of` (one product for a whole batch). Ties go to the
     smaller item id.
     """
     code_of, co = ctx.catalogue.code_of, ctx.copurchase
@@ -366,8 +433,8 @@ def hybrid_causes(
             pairs = [(-w * co.count(i, s.item_id), i) for i, w in seed_w.items()]
             pairs = [p for p in pairs if p[0] < 0]
             because = min(pairs)[1] if pairs else None
-        out.append(s if because is None else replace(s, because=because))
-    return visual_causes(out, state, ctx)
+        out.append(s if because is None else Scored(s.item_id, s.score, s.reason, because))
+    return out
 
 
 def anchors_of(history: Sequence[HistoryEntry], limit: int = ANCHORS) -> list[tuple[str, bool]]:
@@ -386,29 +453,53 @@ def anchors_of(history: Sequence[HistoryEntry], limit: int = ANCHORS) -> list[tu
 
 
 def visual_causes(ranked: Sequence[Scored], state: UserState, ctx: RankContext) -> list[Scored]:
-    """Visual items of ``ranked`` pointed at the most similar of the user's recent items (on
-    a tie: a purchase, then the newer item); items without a vector point at nothing."""
-    at = [n for n, s in enumerate(ranked) if s.reason is Reason.VISUAL and s.because is None]
-    if not at:
-        return list(ranked)
-    anchors = anchors_of(state.history)
-    if not anchors:
-        return list(ranked)
-    cat = ctx.catalogue
-    anchor_unit = _unit_rows([a for a, _ in anchors], cat)
-    item_unit = _unit_rows([ranked[n].item_id for n in at], cat)
-    sims = item_unit @ anchor_unit.T  # (items, anchors)
-    usable = np.linalg.norm(anchor_unit, axis=1) > 0
-    out = list(ranked)
-    for row, n in enumerate(at):
-        if not np.any(item_unit[row]):
-            continue
-        keys = [
-            (float(sims[row, a]), bought, -a) for a, (_, bought) in enumerate(anchors) if usable[a]
-        ]
-        if keys:
-            best = max(keys)
-            out[n] = replace(out[n], because=anchors[-best[2]][0])
+    """One user's :func:`visual_causes_of`."""
+    return visual_causes_of([ranked], [state], ctx)[0]
+
+
+def visual_causes_of(
+    lists: Sequence[Sequence[Scored]], states: Sequence[UserState], ctx: RankContext
+) -> list[list[Scored]]:
+    """Visual items of each user's list pointed at the most similar of that user's recent
+    items (:func:`anchors_of`; on a tie: a purchase, then the newer item); items without a
+    vector point at nothing. All users' similarities come from one stacked product."""
+    out = [list(ranked) for ranked in lists]
+    todo = []  # (user, positions of visual items without a cause, anchors)
+    for u, (ranked, state) in enumerate(zip(lists, states)):
+        at = [n for n, s in enumerate(ranked) if s.reason is Reason.VISUAL and s.because is None]
+        anchors = anchors_of(state.history) if at else []
+        if anchors:
+            todo.append((u, at, anchors))
+    if not todo:
+        return out
+    n_items = max(len(at) for _, at, _ in todo)
+    n_anchors = max(len(anchors) for _, _, anchors in todo)
+    width = n_items + n_anchors
+    ids = [""] * (len(todo) * width)  # "" has no vector: a zero row
+    for t, (u, at, anchors) in enumerate(todo):
+        base = t * width
+        for i, n in enumerate(at):
+            ids[base + i] = lists[u][n].item_id
+        for a, (item_id, _) in enumerate(anchors):
+            ids[base + n_items + a] = item_id
+    unit = _unit_rows(ids, ctx.catalogue).reshape(len(todo), width, -1)
+    usable = unit.any(axis=2)  # (users, width)
+    sims = np.matmul(unit[:, :n_items], unit[:, n_items:].transpose(0, 2, 1))  # (users, i, a)
+    sims = np.where(usable[:, None, n_items:], sims, -np.inf)
+    best = sims.max(axis=2)
+    ties = sims == best[..., None]
+    first = ties.argmax(axis=2)  # the newest of the most similar anchors
+    n_ties = ties.sum(axis=2)
+    for t, (u, at, anchors) in enumerate(todo):
+        for i, n in enumerate(at):
+            if not usable[t, i] or best[t, i] == -np.inf:
+                continue
+            pick = int(first[t, i])
+            if n_ties[t, i] > 1:  # a purchase among the tied anchors wins, else the newest
+                tied = np.flatnonzero(ties[t, i]).tolist()
+                pick = next((a for a in tied if anchors[a][1]), tied[0])
+            s = out[u][n]
+            out[u][n] = Scored(s.item_id, s.score, s.reason, anchors[pick][0])
     return out
 
 
@@ -440,20 +531,22 @@ def to_record(
     as_of: tuple[int, int] | None = None,
     variant: str = "",
 ) -> Recommendation:
-    return Recommendation(
-        variant=variant or None,
-        trigger=trigger,
-        user_id=user_id,
-        items=[
-            RecItem(item_id=s.item_id, score=s.score, reason=s.reason, because=s.because)
-            for s in ranked
-        ],
-        model_id=model_id,
-        event_id=event_id,
-        event_ts=event_ts,
-        strategy=strategy,
-        as_of_partition=None if as_of is None else as_of[0],
-        as_of_offset=None if as_of is None else as_of[1],
+    return Recommendation.model_validate(  # one validation of the nested dicts (hot path)
+        {
+            "variant": variant or None,
+            "trigger": trigger,
+            "user_id": user_id,
+            "items": [
+                {"item_id": s.item_id, "score": s.score, "reason": s.reason, "because": s.because}
+                for s in ranked
+            ],
+            "model_id": model_id,
+            "event_id": event_id,
+            "event_ts": event_ts,
+            "strategy": strategy,
+            "as_of_partition": None if as_of is None else as_of[0],
+            "as_of_offset": None if as_of is None else as_of[1],
+        }
     )
 
 

@@ -720,7 +720,7 @@ def ranking_side_by_side(
         rank_context,
     )
     from streams.userstate import UserState
-    from vrec_tools.legacy_ranking import legacy_hybrid
+    from vrec_tools.legacy_ranking import legacy_hybrid, previous_rank_states
 
     cat = Catalogue()
     for item_id, emb in embeddings.items():
@@ -770,7 +770,11 @@ def ranking_side_by_side(
         for u, st in states.items()
     }
     t_old = time.process_time() - t0
+    t0 = time.process_time()
+    prev = previous_rank_states(states, ctx)
+    t_prev = time.process_time() - t0
     same = sum([s.item_id for s in new[u][0]] == [s.item_id for s in old[u][0]] for u in states)
+    same_prev = sum([s.item_id for s in new[u][0]] == [s.item_id for s in prev[u]] for u in prev)
     fold_per_event = t_fold / n
     batched_eps = n / (t_fold + t_rank)
     legacy_eps = 1.0 / (fold_per_event + t_old / len(states))  # one ranking per event
@@ -786,6 +790,10 @@ def ranking_side_by_side(
         "ratio_events_per_s": round(batched_eps / legacy_eps, 1),
         "ratio_rank_per_user": round(t_old / max(t_new, 1e-9), 1),
         "same_list_users": f"{same}/{len(states)}",
+        # this stop's batched ranker against the previous stop's per-user one (git 31be2ef)
+        "rank_us_per_user_previous": round(1e6 * t_prev / len(states), 1),
+        "ratio_rank_vs_previous": round(t_prev / max(t_new, 1e-9), 2),  # same users, CPU time
+        "same_list_users_vs_previous": f"{same_prev}/{len(prev)}",
     }
     for key, value in out.items():
         print(f"  {key:30s} {value}")

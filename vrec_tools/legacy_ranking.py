@@ -19,9 +19,16 @@ import numpy as np
 from streams.catalogue import Catalogue
 from streams.ranking import Scored, Trending
 from streams.ranking.copurchase import CoPurchase
-from streams.ranking.hybrid import REASONS, boost_by_popularity, price_weighted, sibling_scores
+from streams.ranking.hybrid import (
+    REASONS,
+    SIGNALS,
+    boost_by_popularity,
+    price_weighted,
+    sibling_scores,
+    top_by_score,
+)
 from streams.ranking.reasons import Reason
-from streams.recommend import RankConfig
+from streams.recommend import RankConfig, RankContext, personalised
 from streams.userstate import UserState, excluded_items, user_vector
 
 
@@ -108,3 +115,114 @@ def legacy_hybrid(
         filler = [Scored(i, s, Reason.TRENDING) for i, s in _top(trending, k, exclude)]
         ranked += [s for s in filler if s.item_id not in have][: k - len(ranked)]
     return ranked, "hybrid"
+
+
+# -- the per-user ranker of the previous stop (git 31be2ef) -----------------------------------
+def previous_rank_states(states: Mapping[str, UserState], ctx: RankContext) -> dict[str, list]:
+    """Hybrid lists as ``streams.recommend.rank_states`` computed them at git 31be2ef: one user
+    at a time (candidate columns, blend and top-k per user, no causes), for ``vrec bench
+    stream``'s side-by-side timing of this stop's batched ranker. Lists only (the strategy and
+    the trending fill are the same in both)."""
+    cfg = ctx.config
+    vectors = {}
+    for user_id, state in states.items():
+        vec = user_vector(state, ctx.catalogue)
+        if vec is not None and np.linalg.norm(vec) > 0:
+            vectors[user_id] = vec
+    head_cos = ctx.head_cosines(vectors) if cfg.weights.vis else {}
+    out = {}
+    for user_id, state in states.items():
+        vec = vectors.get(user_id)
+        if not personalised(state, vec, cfg):
+            continue
+        exclude = excluded_items(state, cfg.exclude)
+        out[user_id] = _previous_hybrid_list(state, vec, ctx, exclude, head_cos.get(user_id))
+    return out
+
+
+def _previous_hybrid_list(state, vec, ctx: RankContext, exclude, head_cos) -> list[Scored]:
+    cfg, w, cat = ctx.config, ctx.config.weights, ctx.catalogue
+    bought = state.last_purchase
+    now = state.last_ts
+    seeds = sorted(bought.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.cf_seeds]
+    seed_w = {i: 2.0 ** ((t - now) / cfg.half_life_s) for i, t in seeds}
+    cf_ids, cf_vals = ctx.copurchase.score_arrays(seed_w, cfg.cf_per_seed)
+    if len(cf_ids) > cfg.cf_candidates:
+        kept = top_by_score(cf_ids, cf_vals, cfg.cf_candidates)
+        cf_ids, cf_vals = [cf_ids[j] for j in kept], cf_vals[kept]
+    rep = price_weighted(state.rep, cat.price_of, w.price_exponent)
+    sib = sibling_scores(rep, cat.code_of, cat.members)
+    score = ctx.trending.score
+    sib = boost_by_popularity(sib, {j: score(j) for j in sib}, ctx.pop_max, w.sib_pop)
+    head_pos, n_head = ctx.head_pos, len(ctx.head_ids)
+    extra = [j for j in dict.fromkeys([*rep, *sib, *cf_ids]) if j not in head_pos]
+    ids = ctx.head_ids + extra
+    pos = dict(head_pos)
+    pos.update((j, n_head + e) for e, j in enumerate(extra))
+
+    def column(keys, values) -> np.ndarray:
+        out = np.zeros(len(ids))
+        out[[pos[j] for j in keys]] = list(values)
+        return out
+
+    pop = np.concatenate([ctx.head_pop, ctx.trending.scores(extra)])
+    if w.vis and vec is not None:
+        head = head_cos if head_cos is not None else np.zeros(n_head)
+        unit = (vec / np.linalg.norm(vec)).astype(np.float32)
+        rows = cat.rows_of(extra)
+        cos = np.zeros(len(extra))
+        have = rows >= 0
+        if have.any():
+            idx = rows[have]
+            cos[have] = (cat.rows(idx) @ unit).astype(np.float64) / cat.norms(idx)
+        vis = np.concatenate([head, cos])
+    else:
+        vis = np.zeros(len(ids))
+    keep = None
+    if exclude:
+        keep = np.fromiter((j not in exclude for j in ids), dtype=bool, count=len(ids))
+    return _previous_blend(
+        ids,
+        rep=column(rep, rep.values()),
+        sib=column(sib, sib.values()),
+        cf=column(cf_ids, cf_vals),
+        vis=vis,
+        pop=pop,
+        weights=w,
+        k=cfg.k,
+        keep=keep,
+    )
+
+
+def _previous_blend(ids, *, rep, sib, cf, vis, pop, weights, k, keep=None) -> list[Scored]:
+    n = len(ids)
+    if n == 0 or k <= 0:
+        return []
+
+    def scale(signal: np.ndarray) -> np.ndarray:
+        top = float(signal.max())
+        return signal / top if top > 0 else np.zeros(len(signal))
+
+    pop_max = float(pop.max())
+    parts = {
+        "rep": weights.rep * scale(rep),
+        "sib": weights.sib * scale(sib),
+        "cf": weights.cf * scale(cf),
+        "vis": weights.vis * vis,
+        "pop": weights.pop * np.log1p(pop) / (math.log1p(pop_max) if pop_max > 0 else 1.0),
+    }
+    total = parts["rep"] + parts["sib"] + parts["cf"] + parts["vis"] + parts["pop"]
+    if keep is not None:
+        total = np.where(keep, total, -np.inf)
+        m = min(k, int(keep.sum()))
+    else:
+        m = min(k, n)
+    if m == 0:
+        return []
+    top = top_by_score(ids, total, m)
+    by_signal = np.stack([parts[name][top] for name in SIGNALS])
+    reason_at = len(SIGNALS) - 1 - np.argmax(by_signal[::-1], axis=0)
+    return [
+        Scored(ids[j], float(total[j]), REASONS[SIGNALS[r]])
+        for j, r in zip(top, reason_at.tolist())
+    ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from operator import itemgetter
 
 import numpy as np
 
@@ -24,7 +25,10 @@ class CoPurchase:
         self.max_neighbours = max_neighbours
         self.counts: dict[str, dict[str, int]] = defaultdict(dict)
         self._sorted: dict[str, list[tuple[str, int]]] = {}  # row -> neighbours in rank order
-        self._arrays: dict[str, tuple[list[str], np.ndarray]] = {}  # row -> (ids, counts)
+        # row -> (neighbour codes, counts) of its head, in rank order; codes index self._names
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._code: dict[str, int] = {}
+        self._names: list[str] = []
 
     def add_basket_item(
         self,
@@ -82,7 +86,9 @@ class CoPurchase:
             row = self.counts.get(item)
             if not row:
                 return []
-            ranked = self._sorted[item] = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))
+            ranked = sorted(row.items())  # by id, then stably by count desc
+            ranked.sort(key=itemgetter(1), reverse=True)
+            self._sorted[item] = ranked
         return ranked[:n]
 
     def scores(self, seeds: Mapping[str, float], per_seed: int = 50) -> dict[str, float]:
@@ -92,27 +98,50 @@ class CoPurchase:
         return dict(zip(ids, sums.tolist()))
 
     def score_arrays(
-        self, seeds: Mapping[str, float], per_seed: int = 50
+        self, seeds: Mapping[str, float], per_seed: int = 50, limit: int | None = None
     ) -> tuple[list[str], np.ndarray]:
-        """:meth:`scores` as (ids in first-seen order, sums)."""
-        ids: list[str] = []
+        """:meth:`scores` as (ids, sums); with ``limit``, only the ``limit`` best by (sum desc,
+        then id). Vectorised over the seeds' neighbour arrays (items as integer codes)."""
+        codes: list[np.ndarray] = []
         parts: list[np.ndarray] = []
         for seed, w in seeds.items():
             head, counts = self._neighbour_arrays(seed, per_seed)
-            if head:
-                ids.extend(head)
+            if len(head):
+                codes.append(head)
                 parts.append(w * counts)
-        if not ids:
+        if not codes or (limit is not None and limit <= 0):
             return [], np.zeros(0)
-        slot: dict[str, int] = {}
-        index = [slot.setdefault(j, len(slot)) for j in ids]
-        return list(slot), np.bincount(index, weights=np.concatenate(parts))
+        uniq, index = np.unique(np.concatenate(codes), return_inverse=True)
+        sums = np.bincount(index.ravel(), weights=np.concatenate(parts))
+        if limit is not None and len(uniq) > limit:
+            keep = self._best(uniq, sums, limit)
+            uniq, sums = uniq[keep], sums[keep]
+        names = self._names
+        return [names[c] for c in uniq.tolist()], sums
 
-    def _neighbour_arrays(self, item: str, n: int) -> tuple[list[str], np.ndarray]:
+    def _best(self, codes: np.ndarray, sums: np.ndarray, m: int) -> np.ndarray:
+        """Positions of the ``m`` best sums by (sum desc, then item id)."""
+        threshold = np.partition(sums, len(sums) - m)[len(sums) - m]
+        above = np.flatnonzero(sums > threshold)
+        tied = np.flatnonzero(sums == threshold)
+        if len(above) + len(tied) > m:  # the boundary falls inside a tie: smaller ids first
+            names = self._names
+            tied = np.array(sorted(tied.tolist(), key=lambda j: names[codes[j]])[: m - len(above)])
+        return np.concatenate([above, tied]).astype(np.intp)
+
+    def _neighbour_arrays(self, item: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         cached = self._arrays.get(item)
         if cached is None or len(cached[0]) < min(n, len(self.counts.get(item, ()))):
             ranked = self.neighbours(item, n)
-            cached = [j for j, _ in ranked], np.array([c for _, c in ranked], dtype=np.float64)
+            code = self._code
+            for j, _ in ranked:
+                if j not in code:
+                    code[j] = len(self._names)
+                    self._names.append(j)
+            cached = (
+                np.fromiter((code[j] for j, _ in ranked), dtype=np.int64, count=len(ranked)),
+                np.fromiter((c for _, c in ranked), dtype=np.float64, count=len(ranked)),
+            )
             self._arrays[item] = cached
         ids, counts = cached
         return (ids, counts) if len(ids) <= n else (ids[:n], counts[:n])

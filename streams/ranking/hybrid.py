@@ -16,7 +16,7 @@ colours people buy right now).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ from streams.ranking.reasons import Reason
 from streams.ranking.visual import Scored
 
 # the reason rule's order: the largest contribution wins, ties to the later name
-_SIGNALS = ("cf", "pop", "rep", "sib", "vis")
+SIGNALS = ("cf", "pop", "rep", "sib", "vis")
 REASONS = {
     "rep": Reason.REPURCHASE,
     "sib": Reason.SIBLING,
@@ -146,39 +146,72 @@ def blend(
     k: int,
     keep: np.ndarray | None = None,
 ) -> list[Scored]:
-    """The blend over candidate arrays aligned with ``ids``: the top-k kept candidates by score
-    desc, then item id; each item's reason is its largest contribution (on a tie, the later
-    signal name).
-
-    ``rep``, ``sib`` and ``cf`` are raw and scaled here by their maximum over all candidates
-    (excluded ones too), popularity by ``log1p`` of the largest ``pop``; ``vis`` is a cosine.
-    """
+    """The blend over one user's candidate arrays aligned with ``ids`` (:func:`blend_rows`)."""
     n = len(ids)
     if n == 0 or k <= 0:
         return []
-    pop_max = float(pop.max())
+    return blend_rows(
+        lambda _, col: ids[col],
+        rep=rep[None, :],
+        sib=sib[None, :],
+        cf=cf[None, :],
+        vis=vis[None, :],
+        pop=pop[None, :],
+        weights=weights,
+        k=k,
+        keep=np.ones((1, n), dtype=bool) if keep is None else keep[None, :],
+    )[0]
+
+
+def blend_rows(
+    item_at: Callable[[int, int], str],
+    *,
+    rep: np.ndarray,
+    sib: np.ndarray,
+    cf: np.ndarray,
+    vis: np.ndarray,
+    pop: np.ndarray,
+    weights: HybridWeights,
+    k: int,
+    keep: np.ndarray,
+) -> list[list[Scored]]:
+    """The blend for many users: row ``u`` of each (users x candidates) array is user ``u``'s
+    candidates, ``item_at(u, column)`` their ids, ``keep`` False for excluded candidates and for
+    padding (whose signals must be 0). Each row's top-k kept candidates by score desc, then item
+    id; each item's reason is its largest contribution (on a tie, the later signal name).
+
+    ``rep``, ``sib`` and ``cf`` are raw (>= 0) and scaled here by their maximum over the row's
+    candidates (excluded ones too), popularity by ``log1p`` of the row's largest ``pop``; ``vis``
+    is a cosine.
+    """
+    n_rows, width = keep.shape
+    if n_rows == 0 or width == 0 or k <= 0:
+        return [[] for _ in range(n_rows)]
+    pop_max = pop.max(axis=1, keepdims=True)
     parts = {
-        "rep": weights.rep * _scale(rep),
-        "sib": weights.sib * _scale(sib),
-        "cf": weights.cf * _scale(cf),
+        "rep": weights.rep * _scale_rows(rep),
+        "sib": weights.sib * _scale_rows(sib),
+        "cf": weights.cf * _scale_rows(cf),
         "vis": weights.vis * vis,
-        "pop": weights.pop * np.log1p(pop) / (math.log1p(pop_max) if pop_max > 0 else 1.0),
+        "pop": weights.pop * np.log1p(pop) / np.where(pop_max > 0, np.log1p(pop_max), 1.0),
     }
     total = parts["rep"] + parts["sib"] + parts["cf"] + parts["vis"] + parts["pop"]
-    if keep is not None:
-        total = np.where(keep, total, -np.inf)
-        m = min(k, int(keep.sum()))
-    else:
-        m = min(k, n)
-    if m == 0:
-        return []
-    top = top_by_score(ids, total, m)
-    by_signal = np.stack([parts[name][top] for name in _SIGNALS])  # (5, len(top))
-    reason_at = len(_SIGNALS) - 1 - np.argmax(by_signal[::-1], axis=0)
-    return [
-        Scored(ids[j], float(total[j]), REASONS[_SIGNALS[r]])
-        for j, r in zip(top, reason_at.tolist())
-    ]
+    total = np.where(keep, total, -np.inf)
+    m = min(k, width)
+    kth = -np.partition(-total, m - 1, axis=1)[:, m - 1 : m]  # each row's m-th best score
+    rows, cols = np.nonzero(keep & (total >= kth))  # the top m and any ties with the m-th
+    by_signal = np.stack([parts[name][rows, cols] for name in SIGNALS])
+    reason_at = len(SIGNALS) - 1 - np.argmax(by_signal[::-1], axis=0)
+    picked: list[list[tuple[float, str, int]]] = [[] for _ in range(n_rows)]
+    for u, col, value, r in zip(
+        rows.tolist(), cols.tolist(), total[rows, cols].tolist(), reason_at.tolist()
+    ):
+        picked[u].append((-value, item_at(u, col), r))
+    out = []
+    for best in picked:
+        best.sort()
+        out.append([Scored(item, -neg, REASONS[SIGNALS[r]]) for neg, item, r in best[:k]])
+    return out
 
 
 def top_by_score(ids: Sequence[str], scores: np.ndarray, m: int) -> list[int]:
@@ -193,6 +226,7 @@ def top_by_score(ids: Sequence[str], scores: np.ndarray, m: int) -> list[int]:
     return sorted(tied, key=lambda j: (-values[j], ids[j]))[:m]
 
 
-def _scale(signal: np.ndarray) -> np.ndarray:
-    top = float(signal.max())
-    return signal / top if top > 0 else np.zeros(len(signal))
+def _scale_rows(signal: np.ndarray) -> np.ndarray:
+    """Each row divided by its maximum (a row of zeros stays zeros)."""
+    top = signal.max(axis=1, keepdims=True)
+    return np.divide(signal, top, out=np.zeros_like(signal, dtype=np.float64), where=top > 0)

@@ -193,3 +193,25 @@ def test_bounded_rows_match_the_rule_and_the_reported_cells(bound, baskets, seed
                 for j, c in _rank(dict(co.row(seed)))[:per_seed]:
                     want[j] = want.get(j, 0.0) + w * c
             assert co.scores(seeds, per_seed) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    baskets=st.lists(
+        st.lists(st.sampled_from("abcdefghij"), min_size=2, max_size=5), min_size=1, max_size=30
+    ),
+    seeds=st.dictionaries(
+        st.sampled_from("abcdefghij"), st.sampled_from([0.25, 0.5, 1.0, 2.0]), max_size=5
+    ),
+    per_seed=st.integers(1, 6),
+    limit=st.integers(0, 8),
+)
+def test_score_arrays_limit_is_the_top_by_sum_then_id(baskets, seeds, per_seed, limit):
+    co = CoPurchase(max_neighbours=6)
+    for basket in baskets:
+        for n, item in enumerate(basket):
+            co.add_basket_item(item, basket[:n])
+    full = co.scores(seeds, per_seed)
+    ids, sums = co.score_arrays(seeds, per_seed, limit=limit)
+    want = sorted(full.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    assert sorted(zip(ids, sums.tolist())) == sorted(want)

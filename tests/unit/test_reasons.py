@@ -17,6 +17,7 @@ from streams.recommend import (
     rank_states,
     to_record,
     visual_causes,
+    visual_causes_of,
 )
 from streams.settings import Settings
 from streams.userstate import DecayConfig, UserState
@@ -96,7 +97,8 @@ def test_each_reason_points_at_the_users_item_behind_it():
         Scored("z", 1.0, Reason.TRENDING),
         Scored("novec", 0.5, Reason.VISUAL),
     ]
-    got = {s.item_id: s.because for s in hybrid_causes(ranked, state, ctx, rep=rep, seed_w=seed_w)}
+    caused = visual_causes(hybrid_causes(ranked, state, ctx, rep=rep, seed_w=seed_w), state, ctx)
+    got = {s.item_id: s.because for s in caused}
     assert got == {
         "b": "b",  # bought before: the item itself
         "a2": "a1",  # the bought colour of the same product
@@ -165,3 +167,27 @@ def test_web_text_names_the_cause():
     assert explain(Scored("x", 1, Reason.VISUAL), bought, titles)[0] == (
         "visually similar to your taste"
     )
+
+
+def test_batched_visual_causes_equal_one_user_at_a_time():
+    ctx = _ctx(Settings(ranker="visual"))
+    states = [
+        _state([("a1", "view"), ("a2", "purchase"), ("c", "view")]),
+        _state([("b", "view"), ("b", "purchase")]),
+        UserState("nobody"),
+        _state([("novec", "view"), ("d", "purchase"), ("e", "view"), ("b", "view")]),
+    ]
+    lists = [
+        [Scored("d", 1.0, Reason.VISUAL), Scored("a1", 0.9, Reason.VISUAL)],
+        [Scored("e", 1.0, Reason.VISUAL), Scored("z", 0.5, Reason.TRENDING)],
+        [Scored("e", 1.0, Reason.VISUAL)],
+        [Scored("c", 1.0, Reason.VISUAL), Scored("novec", 0.9, Reason.VISUAL)],
+    ]
+    batched = visual_causes_of(lists, states, ctx)
+    assert batched == [visual_causes(r, st, ctx) for r, st in zip(lists, states)]
+    assert [[s.because for s in r] for r in batched] == [
+        ["c", "a1"],
+        ["b", None],
+        [None],
+        ["d", None],
+    ]
