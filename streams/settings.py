@@ -134,12 +134,14 @@ class WorkerSettings:
         "replicate_items": "replicate_items",
         "data_dir": "data_dir",
         "log_format": "log_format",
+        "gc_threshold": "gc_threshold",
     }
 
     roles: frozenset[str]
     replicate_items: bool
     data_dir: Path
     log_format: str
+    gc_threshold: str
 
 
 @dataclass(frozen=True)
@@ -433,6 +435,10 @@ class Settings(BaseSettings):
     data_dir: Path = REPO_ROOT / "var"
     # "json": one JSON object per log line (streams/logs.py); "text": human-readable
     log_format: Literal["text", "json"] = "text"
+    # the worker's cyclic garbage collector: "gen0,gen1,gen2" thresholds (gc.set_threshold);
+    # "": Python's own (700,10,10). With those, collections over the worker's large heap took
+    # about a quarter of the fold-and-rank CPU (streams/util.py tune_gc)
+    gc_threshold: str = "50000,20,100"
 
     # -- web ------------------------------------------------------------------------------------
     web_enabled: bool = False
@@ -575,6 +581,14 @@ class Settings(BaseSettings):
         from streams.imagefetch import parse_allow
 
         parse_allow(value)  # a malformed entry fails at start, not at the first fetch
+        return value
+
+    @field_validator("gc_threshold")
+    @classmethod
+    def _check_gc_threshold(cls, value: str) -> str:
+        from streams.util import parse_gc_threshold
+
+        parse_gc_threshold(value)  # a malformed value fails at start
         return value
 
     @field_validator("roles", mode="before")

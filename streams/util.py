@@ -1,7 +1,8 @@
-"""Shared helpers, one home: file digests, atomic writes, progress bars."""
+"""Shared helpers, one home: file digests, atomic writes, progress bars, GC tuning."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -63,3 +64,32 @@ def progress(enabled: bool, total: int, desc: str, unit: str = "img", mininterva
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, mininterval=mininterval, file=sys.stderr)
+
+
+def parse_gc_threshold(text: str) -> tuple[int, int, int] | None:
+    """``"gen0,gen1,gen2"`` -> thresholds for :func:`gc.set_threshold` ("" -> None: Python's
+    own); ValueError for anything else."""
+    if not text.strip():
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"gc threshold {text!r}: want three non-negative integers 'g0,g1,g2'")
+    g0, g1, g2 = (int(p) for p in parts)
+    return g0, g1, g2
+
+
+def tune_gc(threshold: str) -> None:
+    """Set the cyclic collector's thresholds (``threshold`` as :func:`parse_gc_threshold`
+    reads it) and move every object alive now (modules, the app, caches read at start) to the
+    permanent generation, which full collections no longer scan (:func:`gc.freeze`).
+
+    A worker holds a large, long-lived heap (the catalogue mirror, co-purchase rows, Faust's
+    state) and allocates many short-lived objects per event; with Python's default thresholds
+    the collections cost about a quarter of the fold-and-rank CPU (measured in-process over
+    the full H&M catalogue: 1,990 -> 2,590 events per CPU-second with the collector off)."""
+    values = parse_gc_threshold(threshold)
+    if values is None:
+        return
+    gc.collect()
+    gc.set_threshold(*values)
+    gc.freeze()

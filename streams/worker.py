@@ -12,6 +12,7 @@ from streams.kafka_security import client_kwargs
 from streams.logs import logging_config
 from streams.settings import Settings
 from streams.topics import all_topic_names, compacted_topic_names
+from streams.util import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     prepare_topics(settings)
     vrec = build_app(settings)
     vrec.runtime.open()
+    tune_gc(settings.worker.gc_threshold)  # after the start-up objects exist: they are frozen
     try:
         worker = faust.Worker(
             vrec.app,
