@@ -127,13 +127,14 @@ class SeekFirstRecovery(Recovery):
             stuck = sorted({*backlog, *tails}, key=str)
             checked = monotonic()  # an idle, caught-up worker asks once per stall_after
             if stuck:
+                fetcher = fetcher_state(self.app)
                 self.log.warning(
                     "Streams read nothing for %.0f s with records waiting on %s; state: %s; "
                     "fetcher: %s; aiokafka fetcher: %s; tasks:\n%s",
                     monotonic() - since,
                     stuck,
                     {tp: _fetch_state(consumer, tp) for tp in stuck},
-                    fetcher_state(self.app),
+                    fetcher,
                     kafka_fetcher_state(consumer),
                     "\n".join(
                         f"  {n} x {chain}"
@@ -146,7 +147,7 @@ class SeekFirstRecovery(Recovery):
                 action = stall_action(
                     futile,
                     idle=not busy,
-                    draining=fetcher_state(self.app)["draining"],
+                    draining=fetcher["draining"],
                     give_up_after=self.give_up_after,
                 )
                 if action == "exit":
@@ -344,10 +345,7 @@ def await_chain(task: asyncio.Future) -> str:
     for _ in range(64):
         if coro is None:
             break
-        code = next(
-            (getattr(coro, a) for a in ("cr_code", "gi_code", "ag_code") if hasattr(coro, a)),
-            None,
-        )
+        code = _first_attr(coro, ("cr_code", "gi_code", "ag_code"))
         if code is None and type(coro).__name__ in (
             "async_generator_asend",
             "async_generator_athrow",
@@ -360,20 +358,16 @@ def await_chain(task: asyncio.Future) -> str:
         if code is None:
             parts.append(type(coro).__name__)
             break
-        frame = next(
-            (getattr(coro, a) for a in ("cr_frame", "gi_frame", "ag_frame") if hasattr(coro, a)),
-            None,
-        )
+        frame = _first_attr(coro, ("cr_frame", "gi_frame", "ag_frame"))
         parts.append(f"{code.co_qualname}:{frame.f_lineno if frame is not None else '-'}")
-        coro = next(
-            (
-                getattr(coro, a)
-                for a in ("cr_await", "gi_yieldfrom", "ag_await")
-                if hasattr(coro, a)
-            ),
-            None,
-        )
+        coro = _first_attr(coro, ("cr_await", "gi_yieldfrom", "ag_await"))
     return " > ".join(parts)
+
+
+def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
+    """The first of ``names`` that ``obj`` has (coroutine, generator or async generator
+    spellings of one attribute), else None."""
+    return next((getattr(obj, n) for n in names if hasattr(obj, n)), None)
 
 
 def fetcher_state(app: Any) -> dict[str, Any]:

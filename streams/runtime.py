@@ -76,14 +76,14 @@ class PartitionStates:
                 part = self.get(partition)
                 part.copurchase.load_cell(item_id, other, count)
                 part.applied[key] = at
-                part.counted_through = max(part.counted_through, at)
         n = 0
         for key, (partition, bucket, item_id), counts, at in _trending_cells(trending_table):
             part = self.get(partition)
             part.trending.load_cell(bucket, item_id, counts)
             part.applied[key] = at
-            part.counted_through = max(part.counted_through, at)
             n += 1
+        for part in self._parts.values():  # a crash may have left counts past the commit
+            part.counted_through = max(part.applied.values(), default=-1)
         self.loaded = True
         log.info("partition state restored: %d trending cells, %d partitions", n, len(self._parts))
 

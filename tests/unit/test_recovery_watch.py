@@ -68,28 +68,33 @@ def test_dropped_tails_are_read_uncommitted_and_idle() -> None:
     assert reseek_offsets([p0], read, committed, {p0: 0}) == {p0: 1400}
 
 
-def test_await_chain_names_where_a_task_waits() -> None:
+def _chain_while_waiting(waiter) -> list[str]:
+    """The names in :func:`await_chain` of a task running ``waiter(gate)`` while it waits on
+    the gate (then the gate opens and the task ends)."""
     import asyncio
 
     from streams.recovery import await_chain
 
-    async def inner(gate: asyncio.Event) -> None:
-        await gate.wait()
-
-    async def outer(gate: asyncio.Event) -> None:
-        await inner(gate)
-
     async def main() -> str:
         gate = asyncio.Event()
-        task = asyncio.ensure_future(outer(gate))
+        task = asyncio.ensure_future(waiter(gate))
         await asyncio.sleep(0)
         chain = await_chain(task)
         gate.set()
         await task
         return chain
 
-    chain = asyncio.run(main())
-    names = [part.split(":")[0] for part in chain.split(" > ")]
+    return [part.split(":")[0] for part in asyncio.run(main()).split(" > ")]
+
+
+def test_await_chain_names_where_a_task_waits() -> None:
+    async def inner(gate) -> None:
+        await gate.wait()
+
+    async def outer(gate) -> None:
+        await inner(gate)
+
+    names = _chain_while_waiting(outer)
     assert names[:3] == [
         "test_await_chain_names_where_a_task_waits.<locals>.outer",
         "test_await_chain_names_where_a_task_waits.<locals>.inner",
@@ -136,28 +141,15 @@ def test_fetcher_state_sees_a_fetcher_whose_drain_task_ended() -> None:
 
 
 def test_await_chain_follows_async_for_into_the_generator() -> None:
-    import asyncio
-
-    from streams.recovery import await_chain
-
-    async def records(gate: asyncio.Event):
+    async def records(gate):
         await gate.wait()
         yield 1
 
-    async def drain(gate: asyncio.Event) -> None:
+    async def drain(gate) -> None:
         async for _ in records(gate):
             pass
 
-    async def main() -> str:
-        gate = asyncio.Event()
-        task = asyncio.ensure_future(drain(gate))
-        await asyncio.sleep(0)
-        chain = await_chain(task)
-        gate.set()
-        await task
-        return chain
-
-    names = [part.split(":")[0].rsplit(".", 1)[-1] for part in asyncio.run(main()).split(" > ")]
+    names = [name.rsplit(".", 1)[-1] for name in _chain_while_waiting(drain)]
     assert names[:3] == ["drain", "records", "wait"]
 
 

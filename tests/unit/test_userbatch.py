@@ -570,20 +570,15 @@ def _subset(writes: dict, keep: list[bool]) -> dict:
     return {k: v for (k, v), kept in zip(writes.items(), keep + [False] * len(writes)) if kept}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_a_crash_between_the_writes_counts_nothing_twice(data):
-    """The worker dies after the broker took any subset of a batch's shared cells (no user
-    state: the agent sends those once every shared cell is acked), or all shared cells and any
-    subset of the user states. The redelivered batch, folded over the tables as they are, ends
-    in the tables and partition state of an uninterrupted run."""
-    s, cat = _settings(), _catalogue()
+def _two_batches_then_crash(s: Settings, cat: Catalogue):
+    """The sample records as two batches: (the second batch's records, the tables, partition
+    state and second-batch recommendations of an uninterrupted run, and a second run's tables
+    and partition state after the first batch, with the second batch folded but not written)."""
     records = _records()
     first, second = records[:7], records[7:]
     whole, whole_part = Tables(), _part(s)
     _process(first, s, whole, whole_part, cat)
-    _process(second, s, whole, whole_part, cat)
-
+    whole_recs = _process(second, s, whole, whole_part, cat).recommendations
     tables, part = Tables(), _part(s)
     _process(first, s, tables, part, cat)
     folded = fold_batch(
@@ -594,6 +589,18 @@ def test_a_crash_between_the_writes_counts_nothing_twice(data):
         catalogue=cat,
         cfg=FoldConfig.from_settings(s),
     )
+    return second, (whole, whole_part, whole_recs), (tables, part, folded)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_crash_between_the_writes_counts_nothing_twice(data):
+    """The worker dies after the broker took any subset of a batch's shared cells (no user
+    state: the agent sends those once every shared cell is acked), or all shared cells and any
+    subset of the user states. The redelivered batch, folded over the tables as they are, ends
+    in the tables and partition state of an uninterrupted run."""
+    s, cat = _settings(), _catalogue()
+    second, (whole, whole_part, _), (tables, part, folded) = _two_batches_then_crash(s, cat)
     rank_batch(folded, rank_context(part, cat, RankConfig.from_settings(s)), model_id="test")
     crashed = folded.writes
     shared = [
@@ -633,22 +640,8 @@ def test_a_redelivered_batch_cut_shorter_is_published_as_of_the_restored_counts(
     the newest offset counted in them (not the shorter batch's end), and a user whose events
     all lie in the shorter batch gets the list of the uninterrupted run."""
     s, cat = _settings(), _catalogue()
-    records = _records()
-    first, second = records[:7], records[7:]
-    whole, whole_part = Tables(), _part(s)
-    _process(first, s, whole, whole_part, cat)
-    straight = {r.user_id: r for r in _process(second, s, whole, whole_part, cat).recommendations}
-
-    tables, part = Tables(), _part(s)
-    _process(first, s, tables, part, cat)
-    folded = fold_batch(
-        second,
-        partition=PARTITION,
-        part=part,
-        users=tables.user,
-        catalogue=cat,
-        cfg=FoldConfig.from_settings(s),
-    )
+    second, (whole, _, whole_recs), (tables, _, folded) = _two_batches_then_crash(s, cat)
+    straight = {r.user_id: r for r in whole_recs}
     for name in ("trending", "copurchase", "active"):
         tables.apply(TableWrites(**{name: getattr(folded.writes, name)}))
     restarted = _restored(s, tables)
