@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from streams import kafka_compat
 from streams.settings import KafkaSecurity, Settings, StreamingSettings
 
 
@@ -82,6 +83,7 @@ def client_kwargs(source: Source) -> dict[str, Any]:
     """Security keyword arguments for a kafka-python or aiokafka client ({} for PLAINTEXT)."""
     sec = _security(source)
     check(sec)
+    kafka_compat.apply()
     if sec.security_protocol == "PLAINTEXT":
         return {}
     out: dict[str, Any] = {"security_protocol": sec.security_protocol}
@@ -129,6 +131,7 @@ def explain_auth_failures(bootstrap: str, security: Mapping[str, Any]) -> Iterat
     """Turn a kafka-python client's bootstrap failure into :class:`KafkaAuthenticationError`
     when the broker rejected its credentials or TLS (kafka-python only logs that reason and
     then raises a timeout)."""
+    kafka_compat.apply()
     capture = _Capture()
     logger = logging.getLogger("kafka")
     logger.addHandler(capture)

@@ -84,6 +84,24 @@ def test_wrong_password_fails_clearly(sasl_broker, tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+def test_wrong_password_fails_clearly_when_read_late(sasl_broker, tmp_path, monkeypatch):
+    """The broker's error response and its close are both waiting when the client reads (as on a
+    loaded CI machine): kafka-python 3.0.12 alone drops the response (streams.kafka_compat)."""
+    from kafka.net.transport import KafkaTCPTransport
+
+    recv = KafkaTCPTransport._sock_recv
+
+    def late_recv(self):
+        time.sleep(0.5)  # longer than the broker's failed-authentication close delay (100 ms)
+        return recv(self)
+
+    monkeypatch.setattr(KafkaTCPTransport, "_sock_recv", late_recv)
+    wrong = KafkaSecurity(**{**ALICE.model_dump(), "sasl_password": "not-her-password"})
+    settings = _settings(sasl_broker, tmp_path, wrong)
+    with pytest.raises(KafkaAuthenticationError, match="Authentication failed"):
+        create_topics(settings.bootstrap, ["x"], timeout=5, security=client_kwargs(settings))
+
+
 def test_plaintext_client_is_refused(sasl_broker):
     with pytest.raises(Exception, match="bootstrap|Unable|timed out"):  # noqa: PT011
         create_topics(sasl_broker.bootstrap, ["y"], timeout=5)
