@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import faust
 
+from streams import faust_compat
 from streams.agents import encode, ingest, replica, users
 from streams.deadletters import DeadLetterSink
 from streams.kafka_security import faust_credentials
@@ -46,6 +47,7 @@ def _canonical_host(bind: str) -> str:
 def build_app(settings: Settings) -> VrecApp:
     streaming, worker, web = settings.streaming, settings.worker, settings.web
     worker.data_dir.mkdir(parents=True, exist_ok=True)
+    faust_compat.apply(worker.faust_fast_dispatch)  # Faust's per-message tasks (pinned 0.15.3)
     app = App(
         streaming.app_id,
         broker=streaming.broker_url,

@@ -135,6 +135,7 @@ class WorkerSettings:
         "data_dir": "data_dir",
         "log_format": "log_format",
         "gc_threshold": "gc_threshold",
+        "faust_fast_dispatch": "faust_fast_dispatch",
     }
 
     roles: frozenset[str]
@@ -142,6 +143,7 @@ class WorkerSettings:
     data_dir: Path
     log_format: str
     gc_threshold: str
+    faust_fast_dispatch: bool
 
 
 @dataclass(frozen=True)
@@ -439,6 +441,9 @@ class Settings(BaseSettings):
     # "": Python's own (700,10,10). With those, collections over the worker's large heap took
     # about a quarter of the fold-and-rank CPU (streams/util.py tune_gc)
     gc_threshold: str = "50000,20,100"
+    # Faust's fetch loop hands a message over without tasks when its handler does not suspend
+    # (streams/faust_compat.py); false: Faust's own four tasks per message
+    faust_fast_dispatch: bool = True
 
     # -- web ------------------------------------------------------------------------------------
     web_enabled: bool = False

@@ -1,0 +1,124 @@
+"""A fast path for faust-streaming 0.15.3's per-message dispatch (pinned in pyproject.toml).
+
+Faust's fetch loop (``faust.transport.consumer.Consumer._drain_messages``) hands every message to
+the conductor with ``await self.wait_first(callback(message), self.suspend_flow.wait())``.
+``mode.Service.wait_first`` wraps each argument *and* the service's ``stopped`` and ``crashed``
+events in a task, waits with ``asyncio.wait`` and cancels the three losers: four tasks and
+several event-loop turns per message, although the callback almost always finishes without ever
+suspending (it decodes the message and puts it on a stream's queue that has room). A py-spy
+profile of a worker recovering 60,000 user states showed its event loop busy a third of the
+time, much of it creating and cancelling those tasks (``ensure_future``, ``Event.wait``,
+``asyncio.wait``), and the loop turning between them.
+
+:func:`apply` gives the consumer a ``wait_first`` that first runs such a callback one step in
+the caller's task: if it finishes there, nothing could have interrupted it (there was no
+suspension point) and no task is made; if it suspends, the rest of it runs in a task under
+Faust's own ``wait_first`` exactly as before, so a rebalance (``suspend_flow``) or a stop still
+interrupts it. Any other call (an event, a timeout, a flag already set) goes to Faust's method.
+
+Recovery has the same pattern: ``Recovery._slurp_changelogs`` takes each changelog record with
+``await asyncio.wait_for(changelog_queue.get(), timeout=5.0)``, a task per record although the
+queue is rarely empty while a changelog is read. :func:`apply` gives that module an ``asyncio``
+whose ``wait_for`` first runs the awaitable one step the same way (:func:`fast_wait_for`); the
+5 s timeout still applies whenever the queue is empty.
+
+``VREC_FAUST_FAST_DISPATCH=false`` leaves Faust's code alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+PINNED = "0.15.3"  # the faust-streaming release whose Consumer._drain_messages this reads
+
+_original_wait_first: Any = None
+
+
+@types.coroutine
+def _rest_of(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Run ``coro`` on from a suspension that yielded ``yielded``, as the task running this
+    would have run it (results and exceptions, cancellation included, pass through)."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:  # thrown into the task: hand it to the coroutine
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    """A coroutine for the rest of ``coro`` after a first step that yielded ``yielded``."""
+    return await _rest_of(coro, yielded)
+
+
+async def fast_wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
+    """``Consumer.wait_first`` with the one-step fast path (see the module docstring)."""
+    from mode.services import WaitResults
+
+    first = coros[0] if coros else None
+    interrupted = self.suspend_flow.is_set() or self._stopped.is_set() or self._crashed.is_set()
+    if timeout is not None or len(coros) != 2 or not inspect.iscoroutine(first) or interrupted:
+        return await _original_wait_first(self, *coros, timeout=timeout)
+    other = coros[1]
+    try:
+        yielded = first.send(None)
+    except StopIteration as stop:  # finished without suspending
+        _close(other)
+        return WaitResults([first], [stop.value], False)
+    except BaseException:
+        _close(other)
+        raise
+    return await _original_wait_first(self, finish(first, yielded), other)
+
+
+async def fast_wait_for(aw: Any, timeout: float | None) -> Any:
+    """``asyncio.wait_for`` without a task when ``aw`` is a coroutine that finishes at once."""
+    if inspect.iscoroutine(aw):
+        try:
+            yielded = aw.send(None)
+        except StopIteration as stop:
+            return stop.value
+        aw = finish(aw, yielded)
+    return await asyncio.wait_for(aw, timeout)
+
+
+class _RecoveryAsyncio(types.ModuleType):
+    """``asyncio`` as ``faust.tables.recovery`` sees it: the module, with :func:`fast_wait_for`."""
+
+    wait_for = staticmethod(fast_wait_for)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+def _close(obj: Any) -> None:
+    if inspect.iscoroutine(obj):
+        obj.close()  # never started: no "never awaited" warning
+
+
+def apply(enabled: bool = True) -> bool:
+    """Install (or, ``enabled=False``, remove) the fast path on Faust's Consumer; False where
+    faust-streaming is not the pinned release."""
+    global _original_wait_first
+    import faust
+    import faust.tables.recovery as recovery
+    from faust.transport.consumer import Consumer
+
+    if faust.__version__ != PINNED:
+        return False
+    if _original_wait_first is None:
+        _original_wait_first = Consumer.wait_first
+    Consumer.wait_first = fast_wait_first if enabled else _original_wait_first
+    recovery.asyncio = _RecoveryAsyncio("asyncio") if enabled else asyncio  # type: ignore[attr-defined]
+    return enabled
