@@ -62,6 +62,12 @@ GROUPS = {
     "train": "train heads and encoders on image embeddings (needs torch)",
 }
 
+#: The arguments of ``vrec export-model`` and ``vrec export-text-model`` (one handler, run_export).
+_EXPORT_ARGS = (
+    arg("--model-dir", type=Path, help="default: VREC_MODEL_DIR"),
+    arg("--force", action="store_true", help="re-export even if the file exists"),
+)
+
 #: Every ``vrec`` command.
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -102,19 +108,13 @@ COMMANDS: tuple[Command, ...] = (
         "export-model",
         "export the ONNX image encoder if missing and print its path (needs torch)",
         "vrec_tools.cli:run_export",
-        (
-            arg("--model-dir", type=Path, help="default: VREC_MODEL_DIR"),
-            arg("--force", action="store_true", help="re-export even if the file exists"),
-        ),
+        _EXPORT_ARGS,
     ),
     Command(
         "export-text-model",
         "export the ONNX text encoder (all-MiniLM-L6-v2) if missing and print its path",
         "vrec_tools.cli:run_export",
-        (
-            arg("--model-dir", type=Path, help="default: VREC_MODEL_DIR"),
-            arg("--force", action="store_true", help="re-export even if the file exists"),
-        ),
+        _EXPORT_ARGS,
     ),
     Command(
         "broker start",

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from PIL import Image, ImageEnhance
 
 from encoders.image import INPUT_SIZE
 from encoders.preprocess import load_image, preprocess
+from encoders.training.cli_common import config_from_args, print_result, run_options
 from encoders.training.distill import (
     add_common_args,
     batch_slices,
@@ -455,35 +455,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """``vrec train adversarial``."""
     run = prepare_run(args)
-    paths, codes, labels, out_dir = run.paths, run.codes, run.labels, run.out_dir
-    reference, ref_id = run.teacher, run.teacher_id
-    cfg = AdvConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        train_blocks=args.train_blocks,
-        eps=args.eps,
-        pgd_steps=args.pgd_steps,
-        w_clean=args.w_clean,
-        w_real=args.w_real,
-        w_adv=args.w_adv,
-        seed=args.seed,
-    )
-    m = run_adversarial(
-        paths,
-        codes,
-        labels,
-        reference,
-        cfg,
-        out_dir,
-        holdout=args.holdout,
-        eval_n=args.eval_n,
-        attack_n=args.attack_n,
-        eval_train=args.eval_train,
-        progress=not args.no_progress,
-        log=lambda s: print(s, file=sys.stderr),
-    )
-    m.pop("_model")
-    print(f"{m['model_id']} -> {m['onnx']} (from {ref_id})", file=sys.stderr)
-    print(format_report(m))
-    return 0
+    cfg = config_from_args(AdvConfig, args)
+    options = run_options(args, "eval_n", "attack_n", "eval_train")
+    m = run_adversarial(run.paths, run.codes, run.labels, run.teacher, cfg, run.out_dir, **options)
+    return print_result(m, f"from {run.teacher_id}", format_report)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from encoders.image import EMBED_DIM, INPUT_NAME, OUTPUT_NAME
+from encoders.training.cli_common import config_from_args, print_result, run_options
 
 if TYPE_CHECKING:
     import torch
@@ -636,35 +637,11 @@ def prepare_run(args: argparse.Namespace) -> RunInputs:
 def run_cli(args: argparse.Namespace) -> int:
     """``vrec train distill``."""
     run = prepare_run(args)
-    paths, codes, labels, out_dir = run.paths, run.codes, run.labels, run.out_dir
-    teacher, teacher_path, teacher_id = run.teacher, run.teacher_path, run.teacher_id
-    cfg = DistillConfig(
-        size=args.size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        rel_weight=args.rel_weight,
-        ridge_alpha=args.ridge_alpha,
-        seed=args.seed,
-    )
-    m = distill(
-        paths,
-        codes,
-        labels,
-        teacher,
-        teacher_path,
-        cfg,
-        out_dir,
-        holdout=args.holdout,
-        bench_n=args.bench_n,
-        threads=args.threads,
-        progress=not args.no_progress,
-        log=lambda s: print(s, file=sys.stderr),
-    )
-    m.pop("_model")
-    print(f"{m['model_id']} -> {m['onnx']} (teacher {teacher_id})", file=sys.stderr)
-    print(format_report(m))
-    return 0
+    cfg = config_from_args(DistillConfig, args)
+    options = run_options(args, "bench_n", "threads")
+    inputs = (run.paths, run.codes, run.labels, run.teacher, run.teacher_path)
+    m = distill(*inputs, cfg, run.out_dir, **options)
+    return print_result(m, f"teacher {run.teacher_id}", format_report)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
