@@ -111,12 +111,8 @@ class CoPurchase:
                 parts.append(w * counts)
         if not codes or (limit is not None and limit <= 0):
             return [], np.zeros(0)
-        flat = np.concatenate(codes)
-        n_codes = len(self._names)  # dense over the codes: no sort of the seeds' neighbours
-        seen = np.zeros(n_codes, dtype=bool)
-        seen[flat] = True
-        uniq = np.flatnonzero(seen)  # ascending codes, as np.unique gives them
-        sums = np.bincount(flat, weights=np.concatenate(parts), minlength=n_codes)[uniq]
+        uniq, index = np.unique(np.concatenate(codes), return_inverse=True)
+        sums = np.bincount(index.ravel(), weights=np.concatenate(parts))
         if limit is not None and len(uniq) > limit:
             keep = self._best(uniq, sums, limit)
             uniq, sums = uniq[keep], sums[keep]
