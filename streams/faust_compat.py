@@ -72,25 +72,33 @@ async def fast_wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
         return await _original_wait_first(self, *coros, timeout=timeout)
     other = coros[1]
     try:
-        yielded = first.send(None)
-    except StopIteration as stop:  # finished without suspending
-        _close(other)
-        return WaitResults([first], [stop.value], False)
+        done, value = _first_step(first)
     except BaseException:
         _close(other)
         raise
-    return await _original_wait_first(self, finish(first, yielded), other)
+    if done:  # finished without suspending
+        _close(other)
+        return WaitResults([first], [value], False)
+    return await _original_wait_first(self, value, other)
 
 
 async def fast_wait_for(aw: Any, timeout: float | None) -> Any:
     """``asyncio.wait_for`` without a task when ``aw`` is a coroutine that finishes at once."""
     if inspect.iscoroutine(aw):
-        try:
-            yielded = aw.send(None)
-        except StopIteration as stop:
-            return stop.value
-        aw = finish(aw, yielded)
+        done, aw = _first_step(aw)
+        if done:
+            return aw
     return await asyncio.wait_for(aw, timeout)
+
+
+def _first_step(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """Run ``coro`` one step in the caller's task: (True, its result) when it finished there,
+    else (False, a coroutine for the rest of it, :func:`finish`). Its errors propagate."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, finish(coro, yielded)
 
 
 class _RecoveryAsyncio(types.ModuleType):
