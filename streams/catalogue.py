@@ -58,8 +58,7 @@ class Catalogue:
         return view
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        """The vectors of rows ``idx`` (a copy; ``np.take`` gathers ~25 % faster than ``[idx]``)."""
-        return np.take(self._mat, idx, axis=0)
+        return self._mat[idx]
 
     def norms(self, idx: np.ndarray) -> np.ndarray:
         """Euclidean norms of the rows (1 for a zero vector: cosines with it are 0)."""
