@@ -81,6 +81,11 @@ def test_two_workers_split_partitions_and_take_over(kafka_broker, tmp_path, take
     with Pipeline(settings) as pipe:
         second.start()
         try:
+            # Index only once both workers are in the group: the second is ready only after
+            # the rebalance that gives it its partitions. Without this wait, CI (2026-12-02) saw
+            # the first worker form the group alone and embed all 200 products before the second
+            # joined ("embedded" counts [10, 0]).
+            _wait_log(second, "Worker ready")
             pipe.index(products)
             n = len(products)
             # each worker embeds its own products partition and replicates the other's
