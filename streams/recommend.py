@@ -94,8 +94,8 @@ class RankContext:
     """What the users of one partition share while a batch (or a slice of users) is ranked.
 
     Built after the batch is folded: the trending head, its popularity and its unit vectors are
-    read once here, so each user's cosines with the head come from one matrix product for all
-    users (:meth:`head_cosines`).
+    read once here, so each user's cosines with the head are one matrix-vector product
+    (:meth:`head_cosines`).
     """
 
     def __init__(
@@ -124,14 +124,22 @@ class RankContext:
         return top_trending(self.trending, self.config.k, exclude)
 
     def head_cosines(self, vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """user -> cosine of their vector with each head item (0 for items without a vector)."""
+        """user -> cosine of their vector with each head item (0 for items without a vector).
+
+        One matrix-vector product per user, not one matrix product for the batch: BLAS sums a
+        matrix product in an order that depends on its shape, so a user's cosines (and scores,
+        in the last digits) would depend on who else is in the batch. A user's list must be the
+        same whichever batch or day-close slice ranks it; this costs ~10 us per user.
+        """
         if not vectors or not self.head_ids:
             return {u: np.zeros(len(self.head_ids)) for u in vectors}
-        users = list(vectors)
-        mat = np.stack([vectors[u] for u in users]).astype(np.float64)
-        unit = (mat / np.linalg.norm(mat, axis=1, keepdims=True)).astype(np.float32)
-        cos = (unit @ self._head_unit.T).astype(np.float64)
-        return dict(zip(users, cos))
+        head = self._head_unit
+        out = {}
+        for user_id, vec in vectors.items():
+            vec = np.asarray(vec, dtype=np.float64)
+            unit = (vec / np.linalg.norm(vec)).astype(np.float32)
+            out[user_id] = (head @ unit).astype(np.float64)
+        return out
 
 
 class Ranking:

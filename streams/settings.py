@@ -442,9 +442,8 @@ class Settings(BaseSettings):
     # about a quarter of the fold-and-rank CPU (streams/util.py tune_gc)
     gc_threshold: str = "50000,20,100"
     # Faust's fetch loop hands a message over without tasks when its handler does not suspend
-    # (streams/faust_compat.py); false: Faust's own four tasks per message. Off by default until
-    # a day-close test failure seen with it on (2026-12-02) is understood
-    faust_fast_dispatch: bool = False
+    # (streams/faust_compat.py); false: Faust's own four tasks per message
+    faust_fast_dispatch: bool = True
 
     # -- web ------------------------------------------------------------------------------------
     web_enabled: bool = False
