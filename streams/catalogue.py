@@ -23,6 +23,7 @@ class Catalogue:
         self.code_of: dict[str, str] = {}  # item -> product code
         self.members: dict[str, set[str]] = {}  # product code -> items
         self.price_of: dict[str, float] = {}  # item -> catalogue price (if any)
+        self._min = np.inf  # the smallest coordinate ever put (kept when a row is overwritten)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -33,6 +34,12 @@ class Catalogue:
     @property
     def dim(self) -> int:
         return int(self._mat.shape[1])
+
+    @property
+    def nonnegative(self) -> bool:
+        """No vector put has a negative coordinate (e.g. ReLU image features): the cosine of
+        two of them, or of non-negative mixes of them, is at least 0."""
+        return self._min >= 0
 
     def index_of(self, item_id: str) -> int | None:
         return self._index.get(item_id)
@@ -102,5 +109,7 @@ class Catalogue:
             self._ids.append(item_id)
             self._index[item_id] = row
         self._mat[row] = vec
+        if len(vec):
+            self._min = min(self._min, float(vec.min()))
         norm = float(np.linalg.norm(vec.astype(np.float64)))
         self._norms[row] = norm if norm > 0 else 1.0

@@ -25,6 +25,7 @@ from streams.ranking.hybrid import (
     HybridWeights,
     blend_rows,
     boost_by_popularity,
+    cosines_needed,
     price_weighted,
     sibling_scores,
 )
@@ -333,9 +334,8 @@ def hybrid_lists(
         name: ([], [], []) for name in ("rep", "sib", "cf")
     }
     excluded: tuple[list[int], list[int]] = ([], [])
-    vis_extra: list[np.ndarray | None] = []
     causes: list[tuple[dict[str, float], dict[str, float]]] = []  # (rep, seed weights) per user
-    for u, (state, vec, exclude) in enumerate(users):
+    for u, (state, _, exclude) in enumerate(users):
         now = state.last_ts
         seeds = sorted(state.last_purchase.items(), key=lambda kv: (-kv[1], kv[0]))
         seed_w = {i: 2.0 ** ((t - now) / half_life) for i, t in seeds[: cfg.cf_seeds]}
@@ -363,7 +363,6 @@ def hybrid_lists(
                 excluded[1].append(col)
         extras.append(extra)
         causes.append((rep, seed_w))
-        vis_extra.append(_cosines(vec, extra, cat) if w.vis and vec is not None else None)
 
     n_users, width = len(users), n_head + max((len(e) for e in extras), default=0)
     if n_users == 0 or width == 0 or cfg.k <= 0:
@@ -381,9 +380,6 @@ def hybrid_lists(
         cols = np.concatenate([np.arange(n_head, n_head + len(e)) for e in extras])
         real[rows, cols] = True
         pop[rows, cols] = ctx.trending.scores(flat_extra)
-        for u, cos in enumerate(vis_extra):
-            if cos is not None and len(cos):
-                vis[u, n_head : n_head + len(cos)] = cos
     raw = {}
     for name, (rows, cols, vals) in cells.items():
         raw[name] = np.zeros((n_users, width))
@@ -392,6 +388,8 @@ def hybrid_lists(
     keep = real
     if excluded[0]:
         keep[excluded[0], excluded[1]] = False
+    if w.vis and flat_extra:
+        _own_cosines(users, extras, ctx, raw=raw, pop=pop, vis=vis, keep=keep)
     out = blend_rows(
         lambda u, col: ctx.head_ids[col] if col < n_head else extras[u][col - n_head],
         rep=raw["rep"],
@@ -409,6 +407,49 @@ def hybrid_lists(
         for ranked, state, (rep, seed_w) in zip(out, states, causes)
     ]
     return visual_causes_of(with_causes, states, ctx)
+
+
+def _own_cosines(
+    users: Sequence[tuple[UserState, np.ndarray | None, frozenset[str]]],
+    extras: Sequence[Sequence[str]],
+    ctx: RankContext,
+    *,
+    raw: Mapping[str, np.ndarray],
+    pop: np.ndarray,
+    vis: np.ndarray,
+    keep: np.ndarray,
+) -> None:
+    """Fill ``vis`` (in place) with each user's cosines for their own candidates (the columns
+    after the head), for those that can still reach the user's top-k
+    (:func:`~streams.ranking.hybrid.cosines_needed`): reading an item's vector is most of a
+    cosine's cost, and most own candidates (co-purchase neighbours) score too low to be listed
+    whatever their similarity. The lists are the same as with every cosine computed."""
+    cat, n_head = ctx.catalogue, len(ctx.head_ids)
+    n_users, width = vis.shape
+    known = np.zeros((n_users, width), dtype=bool)
+    known[:, :n_head] = True
+    low = np.full(n_users, -1.0)  # the lowest possible cosine per user
+    for u, (_, vec, _) in enumerate(users):
+        if vec is None:
+            known[u] = True  # no vector: no visual part
+        elif cat.nonnegative and vec.min() >= 0:
+            low[u] = 0.0
+    needed = cosines_needed(
+        rep=raw["rep"],
+        sib=raw["sib"],
+        cf=raw["cf"],
+        pop=pop,
+        vis=vis,
+        vis_known=known,
+        vis_low=low,
+        weights=ctx.config.weights,
+        k=ctx.config.k,
+        keep=keep,
+    )
+    for u in np.flatnonzero(needed[:, n_head:].any(axis=1)).tolist():
+        cols = np.flatnonzero(needed[u, n_head:])
+        extra = extras[u]
+        vis[u, n_head + cols] = _cosines(users[u][1], [extra[c] for c in cols.tolist()], cat)
 
 
 def hybrid_causes(

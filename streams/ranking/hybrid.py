@@ -187,14 +187,8 @@ def blend_rows(
     n_rows, width = keep.shape
     if n_rows == 0 or width == 0 or k <= 0:
         return [[] for _ in range(n_rows)]
-    pop_max = pop.max(axis=1, keepdims=True)
-    parts = {
-        "rep": weights.rep * _scale_rows(rep),
-        "sib": weights.sib * _scale_rows(sib),
-        "cf": weights.cf * _scale_rows(cf),
-        "vis": weights.vis * vis,
-        "pop": weights.pop * np.log1p(pop) / np.where(pop_max > 0, np.log1p(pop_max), 1.0),
-    }
+    parts = _parts(rep=rep, sib=sib, cf=cf, pop=pop, weights=weights)
+    parts["vis"] = weights.vis * vis
     total = parts["rep"] + parts["sib"] + parts["cf"] + parts["vis"] + parts["pop"]
     total = np.where(keep, total, -np.inf)
     m = min(k, width)
@@ -212,6 +206,58 @@ def blend_rows(
         best.sort()
         out.append([Scored(item, -neg, REASONS[SIGNALS[r]]) for neg, item, r in best[:k]])
     return out
+
+
+def cosines_needed(
+    *,
+    rep: np.ndarray,
+    sib: np.ndarray,
+    cf: np.ndarray,
+    pop: np.ndarray,
+    vis: np.ndarray,
+    vis_known: np.ndarray,
+    vis_low: np.ndarray,
+    weights: HybridWeights,
+    k: int,
+    keep: np.ndarray,
+) -> np.ndarray:
+    """The candidates of :func:`blend_rows` whose cosine can change a row's top-k (a mask).
+
+    ``vis`` holds the cosines already known (``vis_known``); an unknown one lies in
+    ``[vis_low[row], 1]``. A row's k-th best score is at least the k-th largest of its
+    candidates' lowest possible scores; a candidate whose highest possible score is below that
+    is not listed whatever its cosine, so its cosine need not be computed (nor its vector read).
+    With any value in the range for the others, :func:`blend_rows` lists the same items with
+    the same scores. Bounds carry a small margin for rounding.
+    """
+    n_rows, width = keep.shape
+    unknown = keep & ~vis_known
+    if n_rows == 0 or width == 0 or k <= 0 or not unknown.any():
+        return unknown
+    parts = _parts(rep=rep, sib=sib, cf=cf, pop=pop, weights=weights)
+    rest = parts["rep"] + parts["sib"] + parts["cf"] + parts["pop"]
+    w = weights.vis
+    lows, highs = np.sort(np.stack([w * vis_low[:, None], np.full((n_rows, 1), w)]), axis=0)
+    margin = 1e-9 * (1.0 + np.abs(rest))
+    low = np.where(vis_known, rest + w * vis, rest + lows) - margin
+    high = rest + highs + margin
+    low = np.where(keep, low, -np.inf)
+    m = min(k, width)
+    kth_low = -np.partition(-low, m - 1, axis=1)[:, m - 1 : m]
+    return unknown & (high >= kth_low)
+
+
+def _parts(
+    *, rep: np.ndarray, sib: np.ndarray, cf: np.ndarray, pop: np.ndarray, weights: HybridWeights
+) -> dict[str, np.ndarray]:
+    """The weighted non-visual parts of the blend (see :func:`blend_rows`)."""
+    pop_max = pop.max(axis=1, keepdims=True)
+    return {
+        "rep": weights.rep * _scale_rows(rep),
+        "sib": weights.sib * _scale_rows(sib),
+        "cf": weights.cf * _scale_rows(cf),
+        "pop": weights.pop * np.log1p(pop) / np.where(pop_max > 0, np.log1p(pop_max), 1.0),
+    }
 
 
 def top_by_score(ids: Sequence[str], scores: np.ndarray, m: int) -> list[int]:

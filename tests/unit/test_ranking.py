@@ -16,7 +16,7 @@ import pytest
 from streams.catalogue import Catalogue
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
-from streams.ranking.hybrid import HybridWeights, blend, hybrid_rank
+from streams.ranking.hybrid import HybridWeights, blend, blend_rows, cosines_needed, hybrid_rank
 from streams.recommend import (
     RankConfig,
     RankContext,
@@ -872,3 +872,96 @@ def test_a_users_hybrid_list_does_not_depend_on_who_else_is_ranked_with_them():
             assert [(s.item_id, s.score) for s in together[u][0]] == [
                 (s.item_id, s.score) for s in alone[u][0]
             ], (u, size)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cosines_needed_skips_only_cosines_that_cannot_change_the_lists(seed):
+    """Random rows of candidates (ties, exclusions, padding, signed and unsigned cosines): with
+    every cosine outside ``cosines_needed`` replaced by any value in its range, the blend lists
+    the same items with the same scores and reasons."""
+    rng = np.random.default_rng(seed)
+    n_rows, width, n_head, k = 6, 40, 10, int(rng.integers(1, 15))
+    weights = HybridWeights(
+        rep=1.0,
+        sib=float(rng.choice([0.0, 0.7])),
+        cf=0.3,
+        vis=float(rng.choice([0.5, 2.0])),
+        pop=0.3,
+    )
+
+    def sparse():
+        return np.where(
+            rng.random((n_rows, width)) < 0.3, rng.integers(0, 4, (n_rows, width)), 0
+        ).astype(float)
+
+    rep, sib, cf = sparse(), sparse(), sparse()
+    pop = rng.integers(0, 5, (n_rows, width)).astype(float)
+    keep = rng.random((n_rows, width)) < 0.9
+    keep[:, width - int(rng.integers(0, 10)) :] = False  # padding
+    for signal in (rep, sib, cf, pop):
+        signal[:, width - 10 :] *= keep[:, width - 10 :]  # padding holds no signal
+    low = rng.choice([0.0, -1.0], n_rows)
+    cos = np.round(low[:, None] + (1 - low[:, None]) * rng.random((n_rows, width)), 1)  # ties
+    known = np.zeros((n_rows, width), dtype=bool)
+    known[:, :n_head] = True
+    known[0] = True  # a user without a vector
+    cos[0] = 0.0
+    vis = np.where(known, cos, 0.0)
+    needed = cosines_needed(
+        rep=rep,
+        sib=sib,
+        cf=cf,
+        pop=pop,
+        vis=vis,
+        vis_known=known,
+        vis_low=low,
+        weights=weights,
+        k=k,
+        keep=keep,
+    )
+    assert not (needed & known).any() and not (needed & ~keep).any()
+    item_at = lambda u, col: f"i{col:02d}"  # noqa: E731
+    args = dict(rep=rep, sib=sib, cf=cf, pop=pop, weights=weights, k=k, keep=keep)
+    full = blend_rows(item_at, vis=cos, **args)
+    for fill_with in ("low", "high", "random"):
+        other = {
+            "low": np.broadcast_to(low[:, None], cos.shape),
+            "high": np.ones_like(cos),
+            "random": low[:, None] + (1 - low[:, None]) * rng.random(cos.shape),
+        }[fill_with]
+        partial = np.where(known | needed, cos, other)
+        assert blend_rows(item_at, vis=partial, **args) == full
+
+
+def test_cosines_needed_prunes_low_scoring_candidates():
+    """One strong candidate per row and many weak ones: with k=1 no weak one's cosine can lift
+    it over the strong one, so none is needed; with a large visual weight all are."""
+    rep = np.zeros((1, 20))
+    rep[0, 0] = 1.0
+    pop = np.zeros((1, 20))
+    keep = np.ones((1, 20), dtype=bool)
+    known = np.zeros((1, 20), dtype=bool)
+    args = dict(
+        rep=rep,
+        sib=np.zeros_like(rep),
+        cf=np.zeros_like(rep),
+        pop=pop,
+        vis=np.zeros_like(rep),
+        vis_known=known,
+        vis_low=np.zeros(1),
+        keep=keep,
+    )
+    needed = cosines_needed(weights=HybridWeights(vis=0.5), k=1, **args)
+    assert needed.tolist() == [[True] + [False] * 19]
+    assert cosines_needed(weights=HybridWeights(vis=2.0), k=1, **args).all()
+    assert cosines_needed(weights=HybridWeights(vis=0.5), k=2, **args).all()
+
+
+def test_catalogue_knows_whether_its_vectors_are_nonnegative():
+    cat = Catalogue()
+    cat.put("a", np.array([0.0, 1.0], dtype=np.float32), {})
+    assert cat.nonnegative
+    cat.put("b", np.array([0.5, -0.1], dtype=np.float32), {})
+    assert not cat.nonnegative
+    cat.put("b", np.array([0.5, 0.1], dtype=np.float32), {})
+    assert not cat.nonnegative  # conservative: a bound, never recomputed
