@@ -9,6 +9,7 @@ an item's row index never changes while the worker runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,7 @@ class Catalogue:
     def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """Row index of each id (-1 for ids without a vector)."""
         get = self._index.get
-        return np.array([get(i, -1) for i in item_ids], dtype=np.intp)
+        return np.fromiter(map(get, item_ids, repeat(-1)), dtype=np.intp, count=len(item_ids))
 
     def vector(self, item_id: str) -> np.ndarray | None:
         """The item's float32 vector (a read-only view), or None."""

@@ -346,18 +346,19 @@ def hybrid_lists(
         sib = sibling_scores(rep, cat.code_of, cat.members)
         sib = boost_by_popularity(sib, {j: score(j) for j in sib}, ctx.pop_max, w.sib_pop)
         extra = [j for j in dict.fromkeys([*rep, *sib, *cf_ids]) if j not in head_pos]
-        own = {j: n_head + e for e, j in enumerate(extra)}
+        col_of = dict(head_pos)
+        col_of.update(zip(extra, range(n_head, n_head + len(extra))))
         for name, keys, values in (
             ("rep", rep, rep.values()),
             ("sib", sib, sib.values()),
             ("cf", cf_ids, cf_vals.tolist()),
         ):
             rows, cols, vals = cells[name]
-            cols.extend(head_pos[j] if j in head_pos else own[j] for j in keys)
+            cols.extend(map(col_of.__getitem__, keys))
             rows.extend([u] * (len(cols) - len(rows)))
             vals.extend(values)
         for j in exclude:
-            col = head_pos.get(j, own.get(j))
+            col = col_of.get(j)
             if col is not None:
                 excluded[0].append(u)
                 excluded[1].append(col)
@@ -449,7 +450,7 @@ def _own_cosines(
     for u in np.flatnonzero(needed[:, n_head:].any(axis=1)).tolist():
         cols = np.flatnonzero(needed[u, n_head:])
         extra = extras[u]
-        vis[u, n_head + cols] = _cosines(users[u][1], [extra[c] for c in cols.tolist()], cat)
+        vis[u, n_head + cols] = item_cosines(users[u][1], [extra[c] for c in cols.tolist()], cat)
 
 
 def hybrid_causes(
@@ -552,19 +553,26 @@ def visual_causes_of(
     return out
 
 
-def _cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
-    """Cosine of the user vector with each item's vector (0 for items without one)."""
+def item_cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
+    """Cosine of the user vector with each item's vector (0 for items without one).
+
+    Each cosine is a function of the item and the user vector alone: the dot products are one
+    fixed-order sum per item (``einsum``), not a BLAS matrix-vector product, whose sums depend
+    on which other rows, in which order, it is given. The ids come in set order, which differs
+    between processes, so with BLAS a restarted worker could score the same user differently
+    in the last digits.
+    """
     if not ids:
         return np.zeros(0)
     unit = (vec / np.linalg.norm(vec)).astype(np.float32)
     rows = cat.rows_of(ids)
     have = rows >= 0
     if have.all():
-        return (cat.rows(rows) @ unit).astype(np.float64) / cat.norms(rows)
+        return np.einsum("ij,j->i", cat.rows(rows), unit).astype(np.float64) / cat.norms(rows)
     out = np.zeros(len(ids))
     if have.any():
         idx = rows[have]
-        out[have] = (cat.rows(idx) @ unit).astype(np.float64) / cat.norms(idx)
+        out[have] = np.einsum("ij,j->i", cat.rows(idx), unit).astype(np.float64) / cat.norms(idx)
     return out
 
 

@@ -110,7 +110,9 @@ class Trending:
 
     def scores(self, item_ids: Sequence[str]) -> np.ndarray:
         get = self._score.get
-        return np.array([get(i, 0.0) for i in item_ids], dtype=np.float64)
+        return np.fromiter(
+            map(get, item_ids, itertools.repeat(0.0)), dtype=np.float64, count=len(item_ids)
+        )
 
     @property
     def max_score(self) -> float:

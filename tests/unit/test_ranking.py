@@ -20,6 +20,7 @@ from streams.ranking.hybrid import HybridWeights, blend, blend_rows, cosines_nee
 from streams.recommend import (
     RankConfig,
     RankContext,
+    item_cosines,
     rank_one,
     rank_states,
     to_record,
@@ -965,3 +966,22 @@ def test_catalogue_knows_whether_its_vectors_are_nonnegative():
     assert not cat.nonnegative
     cat.put("b", np.array([0.5, 0.1], dtype=np.float32), {})
     assert not cat.nonnegative  # conservative: a bound, never recomputed
+
+
+def test_an_items_cosine_does_not_depend_on_the_other_ids_or_their_order():
+    """Candidates arrive in set order, which differs between processes: a restarted worker
+    must score the same user to the last bit (a BLAS matrix-vector product over the gathered
+    rows does not: its sums depend on the rows around each one)."""
+    rng = np.random.default_rng(3)
+    cat = _catalogue({f"i{n}": rng.random(1280).astype(np.float32) for n in range(400)})
+    vec = rng.random(1280)
+    ids = [f"i{n}" for n in range(400)] + ["missing"]
+    ref = dict(zip(ids, item_cosines(vec, ids, cat).tolist()))
+    assert ref["missing"] == 0.0
+    assert ref["i5"] == pytest.approx(
+        float(cat.vector("i5") @ vec / np.linalg.norm(cat.vector("i5")) / np.linalg.norm(vec)),
+        rel=1e-6,
+    )
+    for size in (1, 3, 17, 64, 257):
+        some = rng.choice(ids, size=size, replace=False).tolist()
+        assert dict(zip(some, item_cosines(vec, some, cat).tolist())) == {i: ref[i] for i in some}
