@@ -328,7 +328,7 @@ def hybrid_lists(
     """
     cfg, w, cat = ctx.config, ctx.config.weights, ctx.catalogue
     head_pos, n_head = ctx.head_pos, len(ctx.head_ids)
-    half_life, score = cfg.half_life_s, ctx.trending.score
+    half_life = cfg.half_life_s
     extras: list[list[str]] = []
     cells: dict[str, tuple[list[int], list[int], list[float]]] = {
         name: ([], [], []) for name in ("rep", "sib", "cf")
@@ -344,7 +344,7 @@ def hybrid_lists(
         )
         rep = price_weighted(state.rep, cat.price_of, w.price_exponent)
         sib = sibling_scores(rep, cat.code_of, cat.members)
-        sib = boost_by_popularity(sib, {j: score(j) for j in sib}, ctx.pop_max, w.sib_pop)
+        sib = boost_by_popularity(sib, ctx.trending.score_map, ctx.pop_max, w.sib_pop)
         extra = [j for j in dict.fromkeys([*rep, *sib, *cf_ids]) if j not in head_pos]
         col_of = dict(head_pos)
         col_of.update(zip(extra, range(n_head, n_head + len(extra))))

@@ -103,16 +103,21 @@ class CoPurchase:
         """:meth:`scores` as (ids, sums); with ``limit``, only the ``limit`` best by (sum desc,
         then id). Vectorised over the seeds' neighbour arrays (items as integer codes)."""
         codes: list[np.ndarray] = []
-        parts: list[np.ndarray] = []
+        counts: list[np.ndarray] = []
+        weights: list[float] = []
+        sizes: list[int] = []
         for seed, w in seeds.items():
-            head, counts = self._neighbour_arrays(seed, per_seed)
+            head, count = self._neighbour_arrays(seed, per_seed)
             if len(head):
                 codes.append(head)
-                parts.append(w * counts)
+                counts.append(count)
+                weights.append(w)
+                sizes.append(len(head))
         if not codes or (limit is not None and limit <= 0):
             return [], np.zeros(0)
         uniq, index = np.unique(np.concatenate(codes), return_inverse=True)
-        sums = np.bincount(index.ravel(), weights=np.concatenate(parts))
+        parts = np.repeat(np.array(weights, dtype=np.float64), sizes) * np.concatenate(counts)
+        sums = np.bincount(index.ravel(), weights=parts)
         if limit is not None and len(uniq) > limit:
             keep = self._best(uniq, sums, limit)
             uniq, sums = uniq[keep], sums[keep]
@@ -130,7 +135,9 @@ class CoPurchase:
 
     def _neighbour_arrays(self, item: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         cached = self._arrays.get(item)
-        if cached is None or len(cached[0]) < min(n, len(self.counts.get(item, ()))):
+        if cached is None or (
+            len(cached[0]) < n and len(cached[0]) < len(self.counts.get(item, ()))
+        ):
             ranked = self.neighbours(item, n)
             code = self._code
             for j, _ in ranked:

@@ -16,6 +16,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 from sortedcontainers import SortedList
@@ -104,6 +105,11 @@ class Trending:
         if new > 0:
             self._score[item_id] = new
             self._order.add((-new, item_id))
+
+    @property
+    def score_map(self) -> Mapping[str, float]:
+        """item -> score in the window, for the items with a positive one (read-only view)."""
+        return MappingProxyType(self._score)
 
     def score(self, item_id: str) -> float:
         return self._score.get(item_id, 0.0)
