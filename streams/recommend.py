@@ -512,7 +512,10 @@ def visual_causes_of(
 ) -> list[list[Scored]]:
     """Visual items of each user's list pointed at the most similar of that user's recent
     items (:func:`anchors_of`; on a tie: a purchase, then the newer item); items without a
-    vector point at nothing. All users' similarities come from one stacked product."""
+    vector point at nothing. All users' similarities come from one stacked product of
+    per-user blocks of a fixed shape (k items x :data:`ANCHORS` anchors, zero-padded): BLAS
+    sums a product in an order that depends on its shape, so blocks sized to the batch could
+    break a near-tie between two anchors differently depending on who else is in it."""
     out = [list(ranked) for ranked in lists]
     todo = []  # (user, positions of visual items without a cause, anchors)
     for u, (ranked, state) in enumerate(zip(lists, states)):
@@ -522,8 +525,8 @@ def visual_causes_of(
             todo.append((u, at, anchors))
     if not todo:
         return out
-    n_items = max(len(at) for _, at, _ in todo)
-    n_anchors = max(len(anchors) for _, _, anchors in todo)
+    n_items = max(ctx.config.k, *(len(at) for _, at, _ in todo))
+    n_anchors = max(ANCHORS, *(len(anchors) for _, _, anchors in todo))
     width = n_items + n_anchors
     ids = [""] * (len(todo) * width)  # "" has no vector: a zero row
     for t, (u, at, anchors) in enumerate(todo):
