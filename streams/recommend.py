@@ -23,7 +23,8 @@ from streams.ranking import Reason, Scored, Trending, fill, rank_by_similarity, 
 from streams.ranking.copurchase import CoPurchase
 from streams.ranking.hybrid import (
     HybridWeights,
-    blend_rows,
+    blend_parts,
+    blend_parts_rows,
     boost_by_popularity,
     cosines_needed,
     price_weighted,
@@ -389,15 +390,13 @@ def hybrid_lists(
     keep = real
     if excluded[0]:
         keep[excluded[0], excluded[1]] = False
+    parts = blend_parts(rep=raw["rep"], sib=raw["sib"], cf=raw["cf"], pop=pop, weights=w)
     if w.vis and flat_extra:
-        _own_cosines(users, extras, ctx, raw=raw, pop=pop, vis=vis, keep=keep)
-    out = blend_rows(
+        _own_cosines(users, extras, ctx, parts=parts, vis=vis, keep=keep)
+    out = blend_parts_rows(
         lambda u, col: ctx.head_ids[col] if col < n_head else extras[u][col - n_head],
-        rep=raw["rep"],
-        sib=raw["sib"],
-        cf=raw["cf"],
+        parts=parts,
         vis=vis,
-        pop=pop,
         weights=w,
         k=cfg.k,
         keep=keep,
@@ -415,8 +414,7 @@ def _own_cosines(
     extras: Sequence[Sequence[str]],
     ctx: RankContext,
     *,
-    raw: Mapping[str, np.ndarray],
-    pop: np.ndarray,
+    parts: Mapping[str, np.ndarray],
     vis: np.ndarray,
     keep: np.ndarray,
 ) -> None:
@@ -436,10 +434,7 @@ def _own_cosines(
         elif cat.nonnegative and vec.min() >= 0:
             low[u] = 0.0
     needed = cosines_needed(
-        rep=raw["rep"],
-        sib=raw["sib"],
-        cf=raw["cf"],
-        pop=pop,
+        parts=parts,
         vis=vis,
         vis_known=known,
         vis_low=low,

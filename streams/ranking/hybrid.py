@@ -187,8 +187,25 @@ def blend_rows(
     n_rows, width = keep.shape
     if n_rows == 0 or width == 0 or k <= 0:
         return [[] for _ in range(n_rows)]
-    parts = _parts(rep=rep, sib=sib, cf=cf, pop=pop, weights=weights)
-    parts["vis"] = weights.vis * vis
+    parts = blend_parts(rep=rep, sib=sib, cf=cf, pop=pop, weights=weights)
+    return blend_parts_rows(item_at, parts=parts, vis=vis, weights=weights, k=k, keep=keep)
+
+
+def blend_parts_rows(
+    item_at: Callable[[int, int], str],
+    *,
+    parts: Mapping[str, np.ndarray],
+    vis: np.ndarray,
+    weights: HybridWeights,
+    k: int,
+    keep: np.ndarray,
+) -> list[list[Scored]]:
+    """:func:`blend_rows` from the non-visual parts already weighed (:func:`blend_parts`), for
+    a caller that needs them first (:func:`cosines_needed`)."""
+    n_rows, width = keep.shape
+    if n_rows == 0 or width == 0 or k <= 0:
+        return [[] for _ in range(n_rows)]
+    parts = {**parts, "vis": weights.vis * vis}
     total = parts["rep"] + parts["sib"] + parts["cf"] + parts["vis"] + parts["pop"]
     total = np.where(keep, total, -np.inf)
     m = min(k, width)
@@ -210,10 +227,7 @@ def blend_rows(
 
 def cosines_needed(
     *,
-    rep: np.ndarray,
-    sib: np.ndarray,
-    cf: np.ndarray,
-    pop: np.ndarray,
+    parts: Mapping[str, np.ndarray],
     vis: np.ndarray,
     vis_known: np.ndarray,
     vis_low: np.ndarray,
@@ -223,18 +237,18 @@ def cosines_needed(
 ) -> np.ndarray:
     """The candidates of :func:`blend_rows` whose cosine can change a row's top-k (a mask).
 
-    ``vis`` holds the cosines already known (``vis_known``); an unknown one lies in
-    ``[vis_low[row], 1]``. A row's k-th best score is at least the k-th largest of its
-    candidates' lowest possible scores; a candidate whose highest possible score is below that
-    is not listed whatever its cosine, so its cosine need not be computed (nor its vector read).
-    With any value in the range for the others, :func:`blend_rows` lists the same items with
-    the same scores. Bounds carry a small margin for rounding.
+    ``parts``: the rows' non-visual parts (:func:`blend_parts`); ``vis`` holds the cosines
+    already known (``vis_known``); an unknown one lies in ``[vis_low[row], 1]``. A row's k-th
+    best score is at least the k-th largest of its candidates' lowest possible scores; a
+    candidate whose highest possible score is below that is not listed whatever its cosine, so
+    its cosine need not be computed (nor its vector read). With any value in the range for the
+    others, :func:`blend_rows` lists the same items with the same scores. Bounds carry a small
+    margin for rounding.
     """
     n_rows, width = keep.shape
     unknown = keep & ~vis_known
     if n_rows == 0 or width == 0 or k <= 0 or not unknown.any():
         return unknown
-    parts = _parts(rep=rep, sib=sib, cf=cf, pop=pop, weights=weights)
     rest = parts["rep"] + parts["sib"] + parts["cf"] + parts["pop"]
     w = weights.vis
     lows, highs = np.sort(np.stack([w * vis_low[:, None], np.full((n_rows, 1), w)]), axis=0)
@@ -247,10 +261,11 @@ def cosines_needed(
     return unknown & (high >= kth_low)
 
 
-def _parts(
+def blend_parts(
     *, rep: np.ndarray, sib: np.ndarray, cf: np.ndarray, pop: np.ndarray, weights: HybridWeights
 ) -> dict[str, np.ndarray]:
-    """The weighted non-visual parts of the blend (see :func:`blend_rows`)."""
+    """The weighted non-visual parts of the blend, each (rows x candidates), scaled as
+    :func:`blend_rows` says."""
     pop_max = pop.max(axis=1, keepdims=True)
     return {
         "rep": weights.rep * _scale_rows(rep),

@@ -16,7 +16,14 @@ import pytest
 from streams.catalogue import Catalogue
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
-from streams.ranking.hybrid import HybridWeights, blend, blend_rows, cosines_needed, hybrid_rank
+from streams.ranking.hybrid import (
+    HybridWeights,
+    blend,
+    blend_parts,
+    blend_rows,
+    cosines_needed,
+    hybrid_rank,
+)
 from streams.recommend import (
     RankConfig,
     RankContext,
@@ -915,10 +922,7 @@ def test_cosines_needed_skips_only_cosines_that_cannot_change_the_lists(seed):
     cos[0] = 0.0
     vis = np.where(known, cos, 0.0)
     needed = cosines_needed(
-        rep=rep,
-        sib=sib,
-        cf=cf,
-        pop=pop,
+        parts=blend_parts(rep=rep, sib=sib, cf=cf, pop=pop, weights=weights),
         vis=vis,
         vis_known=known,
         vis_low=low,
@@ -948,20 +952,16 @@ def test_cosines_needed_prunes_low_scoring_candidates():
     pop = np.zeros((1, 20))
     keep = np.ones((1, 20), dtype=bool)
     known = np.zeros((1, 20), dtype=bool)
-    args = dict(
-        rep=rep,
-        sib=np.zeros_like(rep),
-        cf=np.zeros_like(rep),
-        pop=pop,
-        vis=np.zeros_like(rep),
-        vis_known=known,
-        vis_low=np.zeros(1),
-        keep=keep,
-    )
-    needed = cosines_needed(weights=HybridWeights(vis=0.5), k=1, **args)
-    assert needed.tolist() == [[True] + [False] * 19]
-    assert cosines_needed(weights=HybridWeights(vis=2.0), k=1, **args).all()
-    assert cosines_needed(weights=HybridWeights(vis=0.5), k=2, **args).all()
+    signals = dict(rep=rep, sib=np.zeros_like(rep), cf=np.zeros_like(rep), pop=pop)
+    args = dict(vis=np.zeros_like(rep), vis_known=known, vis_low=np.zeros(1), keep=keep)
+
+    def needed(weights: HybridWeights, k: int) -> np.ndarray:
+        parts = blend_parts(weights=weights, **signals)
+        return cosines_needed(parts=parts, weights=weights, k=k, **args)
+
+    assert needed(HybridWeights(vis=0.5), k=1).tolist() == [[True] + [False] * 19]
+    assert needed(HybridWeights(vis=2.0), k=1).all()
+    assert needed(HybridWeights(vis=0.5), k=2).all()
 
 
 def test_catalogue_knows_whether_its_vectors_are_nonnegative():
