@@ -15,11 +15,12 @@ The encoder agent reports its batches with :func:`observe_encode`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from faust.sensors import Sensor
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     import faust
 
     from streams.app import VrecApp
+    from streams.events import Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,13 @@ class VrecMetrics:
         while len(self._arrivals) > MAX_TRACKED_ARRIVALS:
             self._arrivals.popitem(last=False)
 
+    def recommendation_delivered(
+        self, strategy: str, event_id: str | None, produced_ts: float | None
+    ) -> None:
+        """A recommendation the broker acknowledged: counted, and its latency observed."""
+        self.recommendations.labels(strategy).inc()
+        self.recommendation_sent(event_id, produced_ts)
+
     def recommendation_sent(self, event_id: str | None, produced_ts: float | None) -> None:
         if event_id is None or produced_ts is None:
             return
@@ -221,8 +230,7 @@ class VrecSensor(Sensor):
         m = self.metrics
         m.messages_out.labels(state[0]).inc()
         if len(state) > 1 and state[1] == "recommendation":
-            m.recommendations.labels(str(state[2])).inc()
-            m.recommendation_sent(state[3], state[4])
+            m.recommendation_delivered(str(state[2]), state[3], state[4])
         elif len(state) > 1 and state[1] == "dead_letter":
             m.dead_letters.labels(str(state[2])).inc()
 
@@ -387,6 +395,40 @@ def install(vrec: VrecApp) -> VrecMetrics:
 def active() -> VrecMetrics | None:
     """The metrics of this process's worker, if installed."""
     return _ACTIVE
+
+
+def observe_sent(
+    topic: str,
+    count: int,
+    futures: Iterable[asyncio.Future],
+    recommendations: Sequence[Recommendation] = (),
+) -> None:
+    """Count ``count`` records sent to ``topic`` as whole batches (``futures``: their
+    deliveries) once acknowledged, or as send errors (no-op without installed metrics); the
+    sensor's hooks see only records sent one by one through a Faust topic. ``recommendations``:
+    the records, when they are lists (counted per strategy, their latency observed)."""
+    m = _ACTIVE
+    if m is None or not count:
+        return
+    futures = list(futures)
+    waiting = len(futures)
+
+    def done(fut: asyncio.Future) -> None:
+        nonlocal waiting
+        if waiting <= 0:  # already counted as failed
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            m.send_errors.labels(topic).inc(count)
+            waiting = 0
+            return
+        waiting -= 1
+        if waiting == 0:
+            m.messages_out.labels(topic).inc(count)
+            for rec in recommendations:
+                m.recommendation_delivered(rec.strategy, rec.event_id, rec.produced_ts)
+
+    for fut in futures:
+        fut.add_done_callback(done)
 
 
 def observe_encode(batch_size: int, seconds: float, source: str = "products") -> None:

@@ -15,6 +15,7 @@ and its ``flush()`` waits for all of them, so no offset is committed ahead of it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -48,6 +49,48 @@ class DurableProducer(AIOKafkaProducer):
         if pending:
             # gather raises the first send error: the caller (the offset commit) must not proceed.
             await asyncio.gather(*pending)
+
+    async def send_records(
+        self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]
+    ) -> list[asyncio.Future]:
+        """Hand ``(key, value)`` records for one topic-partition to aiokafka as whole record
+        batches, in order; returns the batches' delivery futures (most often one).
+
+        ``producer.send`` per record costs ~6 us of the event loop (a coroutine, a future and a
+        done-callback per record; Faust's ``Topic.send`` twice that), filling a batch ~1.3 us:
+        the ingest and users agents write several records per event. The batches join aiokafka's
+        accumulator, so ``flush()`` (before an offset commit) waits for them like for any send.
+        Not for a transactional producer (exactly_once: Faust's transactions own the sends).
+        """
+        client = self._ensure_producer()  # the aiokafka producer
+        futures = []
+
+        async def submit(batch: Any) -> None:
+            batch.close()  # complete: sent without lingering, no send() joins it
+            futures.append(await client.send_batch(batch, topic, partition=partition))
+
+        batch = client.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                await submit(batch)
+                batch = client.create_batch()
+                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+        if batch.record_count():
+            await submit(batch)
+        return futures
+
+    async def send_partitioned(
+        self, topic: str, records: Iterable[tuple[int, bytes | None, bytes | None]]
+    ) -> list[asyncio.Future]:
+        """:meth:`send_records` for ``(partition, key, value)`` records, one call per partition
+        (each partition's records in their order); returns every batch's delivery future."""
+        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+        for partition, key, value in records:
+            by_partition.setdefault(partition, []).append((key, value))
+        futures = []
+        for partition, pairs in sorted(by_partition.items()):
+            futures += await self.send_records(topic, partition, pairs)
+        return futures
 
 
 class App(faust.App):

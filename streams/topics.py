@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import faust
+from aiokafka.partitioner import murmur2
 
 from streams.settings import Settings, StreamingSettings
 
@@ -13,6 +14,12 @@ from streams.settings import Settings, StreamingSettings
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 COMPACTED = ("item_embeddings",)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition of a keyed record: aiokafka's default partitioner (murmur2 of the key), the
+    one that placed keyed records before the agents sent whole record batches."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)

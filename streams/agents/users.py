@@ -24,14 +24,16 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import faust
 import faust.streams as faust_streams
 
 from streams import metrics
 from streams.deadletters import DeadLetterSink
-from streams.events import Tick, is_tick, json_object
+from streams.events import Recommendation, Tick, is_tick, json_object
 from streams.experiment import from_settings
+from streams.producer import DurableProducer
 from streams.ranking import top_trending
 from streams.recommend import (
     TRENDING_KEY,
@@ -43,7 +45,7 @@ from streams.recommend import (
 )
 from streams.runtime import Runtime
 from streams.tables import Tables
-from streams.topics import Topics
+from streams.topics import Topics, key_partition
 from streams.userbatch import (
     FoldConfig,
     InputRecord,
@@ -135,7 +137,7 @@ def register(
             )
             await topics.trending.send(key=str(partition).encode(), value=rec.to_bytes())
 
-    producer = app.producer
+    producer = cast(DurableProducer, app.producer)
     direct = guarantee != "exactly_once"
 
     async def write(
@@ -144,10 +146,11 @@ def register(
         """Apply a batch's writes to a table and its changelog; returns the changelog sends'
         delivery futures.
 
-        The changelog records go straight to the producer: Faust's ``table[key] = value``
-        hands each one to a buffer drained by one task, one loop iteration per record (and
-        stalls the stream when more than 100 wait), which cost more than the ranking. The
-        offset commit's flush still waits for them (DurableProducer.flush flushes aiokafka).
+        The changelog records go straight to the producer, as whole record batches
+        (DurableProducer.send_records): Faust's ``table[key] = value`` hands each one to a
+        buffer drained by one task, one loop iteration per record (and stalls the stream when
+        more than 100 wait), which cost more than the ranking. The offset commit's flush still
+        waits for them (DurableProducer.flush flushes aiokafka).
         Under exactly_once the table API keeps the writes inside Faust's transaction.
         """
         if not direct:
@@ -157,8 +160,7 @@ def register(
                 else:
                     table[key] = value
             return []
-        store, changelog = table.data, table.changelog_topic.get_topic_name()
-        sent = []
+        store, records = table.data, []
         for key, value in writes.items():
             if value is None:
                 if key not in store:
@@ -166,17 +168,32 @@ def register(
                 del store[key]
             else:
                 store[key] = value
-            sent.append(await producer.send(changelog, key, value, partition, None, None))
-        return sent
+            records.append((key, value))
+        if not records:
+            return []
+        changelog = table.changelog_topic.get_topic_name()
+        return await producer.send_records(changelog, partition, records)
 
     # delivery futures of the last batch's user states: the next batch's shared cells wait for
     # them, so a crash leaves at most one batch with shared cells on the broker and user states
     # missing (a redelivered batch is then ranked with that batch's counts, no later ones)
     users_in_flight: list[asyncio.Future] = []
 
-    async def publish(rec) -> None:  # streams.events.Recommendation
-        # through the topic: Faust's sensor hooks count it and time it (streams/metrics.py)
-        await topics.recommendations.send(key=rec.user_id.encode(), value=rec.to_bytes())
+    recs_topic, n_partitions = topics.recommendations.get_topic_name(), s.streaming.partitions
+
+    async def publish(recs: Sequence[Recommendation]) -> None:
+        """Send the lists keyed by user, as record batches (one by one through Faust's topic
+        under exactly_once); counted and timed when acknowledged (streams/metrics.py)."""
+        if not direct:
+            for rec in recs:
+                await topics.recommendations.send(key=rec.user_id.encode(), value=rec.to_bytes())
+            return
+        records = []
+        for rec in recs:
+            key = rec.user_id.encode()
+            records.append((key_partition(key, n_partitions), key, rec.to_bytes()))
+        sent = await producer.send_partitioned(recs_topic, records)
+        metrics.observe_sent(recs_topic, len(records), sent, recommendations=recs)
 
     async def fold_and_publish(partition: int, events: Sequence[faust.EventT]) -> None:
         if not events:
@@ -201,8 +218,7 @@ def register(
             return
         ranking = ranking_for(part, rt.catalogue, rank_cfgs, experiment)
         candidates = await candidates_for(folded.states, ranking)
-        for rec in rank_batch(folded, ranking, model_id=rt.model_id, candidates=candidates):
-            await publish(rec)
+        await publish(rank_batch(folded, ranking, model_id=rt.model_id, candidates=candidates))
         parts.dirty.add(partition)
         # Durable state last: a crash before these lines redelivers the batch. The shared
         # cells must be on the broker before any user state that counts them (the producer may
@@ -244,8 +260,7 @@ def register(
                 model_id=rt.model_id,
                 candidates=await candidates_for(states, ranking),
             )
-            for rec in done.recommendations:
-                await publish(rec)
+            await publish(done.recommendations)
             await write(tables.users, partition, done.users)
             for user_id in chunk:  # after publishing: a crash re-ranks again
                 for bucket in closing[user_id]:
