@@ -521,9 +521,12 @@ class Settings(BaseSettings):
     max_seen: int = Field(1000, ge=1)
     # micro-batches of the ingest and users agents: at most batch_max records, waiting at most
     # batch_within_s; one recommendation per user per batch (their latest event's).
-    # batch_max=1: one per event
+    # batch_max=1: one per event. Faust's take_events waits the whole batch_within_s after each
+    # batch unless batch_max records came, so each of the two hops adds up to that wait; under
+    # load batches grow while the previous one is processed, so a short wait costs little
+    # throughput (0.005 s: p50 at 1,000 events/s offered 32 ms against 57-61 ms with 0.02 s)
     batch_max: int = Field(1000, ge=1)
-    batch_within_s: float = Field(0.02, gt=0)
+    batch_within_s: float = Field(0.005, gt=0)
 
     # -- popularity: trending and co-purchase counts ---------------------------------------------
     trending_window_days: float = Field(7.0, gt=0)
