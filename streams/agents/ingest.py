@@ -69,7 +69,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
     user_events_topic = topics.user_events.get_topic_name()
     clock = EventClock(rt.settings.event_time)
     # exactly_once: every send goes through Faust's topic, inside its transaction
-    batched = streaming.processing_guarantee != "exactly_once"
+    direct = streaming.processing_guarantee != "exactly_once"
     producer = cast(DurableProducer, app.producer)
 
     async def checked(batch: Sequence[faust.EventT]) -> list[Forward]:
@@ -109,7 +109,7 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         return out
 
     async def send(records: Sequence[Forward]) -> None:
-        if not batched:
+        if not direct:
             for rec in records:
                 await topics.user_events.send(key=rec.key, value=rec.value, partition=rec.partition)
             return
