@@ -406,11 +406,12 @@ def observe_sent(
     """Count ``count`` records sent to ``topic`` as whole batches (``futures``: their
     deliveries) once acknowledged, or as send errors (no-op without installed metrics); the
     sensor's hooks see only records sent one by one through a Faust topic. ``recommendations``:
-    the records, when they are lists (counted per strategy, their latency observed)."""
+    the records, when they are lists (counted per strategy, their latency observed). No
+    futures: the records went through a Faust topic, whose sensor counts them."""
     m = _ACTIVE
-    if m is None or not count:
-        return
     futures = list(futures)
+    if m is None or not count or not futures:
+        return
     waiting = len(futures)
 
     def done(fut: asyncio.Future) -> None:

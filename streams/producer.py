@@ -15,7 +15,7 @@ and its ``flush()`` waits for all of them, so no offset is committed ahead of it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import faust
@@ -91,6 +91,23 @@ class DurableProducer(AIOKafkaProducer):
         for partition, pairs in sorted(by_partition.items()):
             futures += await self.send_records(topic, partition, pairs)
         return futures
+
+    async def send_out(
+        self,
+        topic: faust.TopicT,
+        records: Sequence[tuple[int, bytes | None, bytes | None]],
+        *,
+        transactions: bool,
+    ) -> list[asyncio.Future]:
+        """``(partition, key, value)`` records to ``topic``: under exactly_once
+        (``transactions``) one by one through Faust's topic, inside its transaction, where its
+        sensor counts them (no futures returned); else as record batches
+        (:meth:`send_partitioned`), their delivery futures returned."""
+        if transactions:
+            for partition, key, value in records:
+                await topic.send(key=key, value=value, partition=partition)
+            return []
+        return await self.send_partitioned(topic.get_topic_name(), records)
 
 
 class App(faust.App):

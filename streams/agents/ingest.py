@@ -66,7 +66,6 @@ class Forward(NamedTuple):
 def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) -> None:
     streaming, users = rt.settings.streaming, rt.settings.users
     purchases_topic = streaming.topics.full("purchases")
-    user_events_topic = topics.user_events.get_topic_name()
     clock = EventClock(rt.settings.event_time)
     # exactly_once: every send goes through Faust's topic, inside its transaction
     direct = streaming.processing_guarantee != "exactly_once"
@@ -109,12 +108,8 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
         return out
 
     async def send(records: Sequence[Forward]) -> None:
-        if not direct:
-            for rec in records:
-                await topics.user_events.send(key=rec.key, value=rec.value, partition=rec.partition)
-            return
-        sent = await producer.send_partitioned(user_events_topic, records)
-        metrics.observe_sent(user_events_topic, len(records), sent)
+        sent = await producer.send_out(topics.user_events, records, transactions=not direct)
+        metrics.observe_sent(topics.user_events.get_topic_name(), len(records), sent)
 
     @app.agent(topics.interactions, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:

@@ -184,15 +184,11 @@ def register(
     async def publish(recs: Sequence[Recommendation]) -> None:
         """Send the lists keyed by user, as record batches (one by one through Faust's topic
         under exactly_once); counted and timed when acknowledged (streams/metrics.py)."""
-        if not direct:
-            for rec in recs:
-                await topics.recommendations.send(key=rec.user_id.encode(), value=rec.to_bytes())
-            return
         records = []
         for rec in recs:
             key = rec.user_id.encode()
             records.append((key_partition(key, n_partitions), key, rec.to_bytes()))
-        sent = await producer.send_partitioned(recs_topic, records)
+        sent = await producer.send_out(topics.recommendations, records, transactions=not direct)
         metrics.observe_sent(recs_topic, len(records), sent, recommendations=recs)
 
     async def fold_and_publish(partition: int, events: Sequence[faust.EventT]) -> None:

@@ -73,3 +73,11 @@ def test_recommendations_counted_per_strategy_and_timed(installed: metrics.VrecM
     assert _value(installed, "vrec_messages_out_total", "recs") == 3.0
     assert count("vrec_event_to_recommendation_seconds_count") == 3.0
     assert 0.2 <= count("vrec_event_to_recommendation_seconds_sum") / 3 < 0.3
+
+
+def test_records_sent_through_a_faust_topic_are_left_to_its_sensor(
+    installed: metrics.VrecMetrics,
+) -> None:
+    metrics.observe_sent("ue", 4, [])  # exactly_once: send_out returned no batch futures
+    assert _value(installed, "vrec_messages_out_total", "ue") == 0.0
+    assert _value(installed, "vrec_send_errors_total", "ue") == 0.0
