@@ -48,6 +48,7 @@ def build_app(settings: Settings) -> VrecApp:
     streaming, worker, web = settings.streaming, settings.worker, settings.web
     worker.data_dir.mkdir(parents=True, exist_ok=True)
     faust_compat.apply(worker.faust_fast_dispatch)  # Faust's per-message tasks (pinned 0.15.3)
+    faust_compat.apply_fetch_pause()  # aiokafka fetches what Faust paused, and stalls (0.15.3)
     app = App(
         streaming.app_id,
         broker=streaming.broker_url,

@@ -23,6 +23,20 @@ whose ``wait_for`` first runs the awaitable one step the same way (:func:`fast_w
 5 s timeout still applies whenever the queue is empty.
 
 ``VREC_FAUST_FAST_DISPATCH=false`` leaves Faust's code alone.
+
+**Fetch stalls** (:func:`apply_fetch_pause`, always on): Faust "pauses" a partition only in its
+own bookkeeping (``Consumer.pause_partitions`` drops it from the set it passes to aiokafka's
+``fetched_records``); aiokafka (0.14.0) goes on fetching it. Its records then sit unconsumed in
+the fetcher's buffer, and while any buffered partition is younger than aiokafka's
+``prefetch_backoff`` (0.1 s) the fetcher sends *no* fetch request to that broker, for any
+partition. The partitions Faust keeps paused are the changelogs of the worker's own tables (read
+only in recovery): the first record a worker writes to each changelog came back and held every
+input for 100 ms. The bench showed it as 100-250 ms latencies in the first ~0.4 s of every run
+(one stall per table). :func:`apply_fetch_pause` makes aiokafka's pauses follow Faust's: each
+fetch call (in Faust's consumer thread, where aiokafka runs) pauses in aiokafka the assigned
+partitions Faust does not ask for, drops what the fetcher buffered for them (their position
+stays at the first record not handed out, so nothing is skipped) and resumes the ones Faust asks
+for again.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from typing import Any
 PINNED = "0.15.3"  # the faust-streaming release whose Consumer._drain_messages this reads
 
 _original_wait_first: Any = None
+_original_fetch_records: Any = None
 
 
 @types.coroutine
@@ -129,4 +144,51 @@ def apply(enabled: bool = True) -> bool:
         _original_wait_first = Consumer.wait_first
     Consumer.wait_first = fast_wait_first if enabled else _original_wait_first
     recovery.asyncio = _RecoveryAsyncio("asyncio") if enabled else asyncio  # type: ignore[attr-defined]
+    return enabled
+
+
+def follow_faust_pauses(consumer: Any, wanted: Any) -> None:
+    """Pause in the aiokafka ``consumer`` the assigned partitions not in ``wanted`` (the ones
+    Faust will take records of), dropping their buffered records, and resume the others. Runs
+    in the consumer's own thread and event loop (aiokafka's pause makes a future there)."""
+    assigned = consumer.assignment()
+    if not assigned:
+        return
+    paused = consumer.paused()
+    stop = [tp for tp in assigned if tp not in wanted and tp not in paused]
+    go = [tp for tp in paused if tp in wanted]
+    if stop:
+        consumer.pause(*stop)
+        buffered = consumer._fetcher._records  # records fetched, not yet handed out
+        for tp in stop:
+            buffered.pop(tp, None)
+    if go:
+        consumer.resume(*go)
+
+
+async def fetch_following_pauses(
+    self: Any, consumer: Any, active_partitions: Any, timeout: Any = None, max_records: Any = None
+) -> Any:
+    """Faust's ``AIOKafkaConsumerThread._fetch_records`` after :func:`follow_faust_pauses`."""
+    if active_partitions is not None and self.consumer.flow_active and not consumer._closed:
+        follow_faust_pauses(consumer, active_partitions)
+    return await _original_fetch_records(
+        self, consumer, active_partitions, timeout=timeout, max_records=max_records
+    )
+
+
+def apply_fetch_pause(enabled: bool = True) -> bool:
+    """Install (or remove) the fetch-stall workaround; False where faust-streaming is not the
+    pinned release."""
+    global _original_fetch_records
+    import faust
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if faust.__version__ != PINNED:
+        return False
+    if _original_fetch_records is None:
+        _original_fetch_records = AIOKafkaConsumerThread._fetch_records
+    AIOKafkaConsumerThread._fetch_records = (
+        fetch_following_pauses if enabled else _original_fetch_records
+    )
     return enabled
