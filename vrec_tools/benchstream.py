@@ -5,7 +5,8 @@ purchase log (:func:`synthetic_log`) are sent at fixed offered loads (``--loads`
 in small time slices), then as fast as possible (``--unthrottled-events``). It prints the
 event-to-recommendation latency per load (Recommendation.produced_ts - the wall time the event was
 sent, over the recommendations that exist: a worker that publishes one list per user per
-micro-batch has fewer recommendations than events), the drained throughput, the bytes the
+micro-batch has fewer recommendations than events) and its two hops (to the ingest agent's
+forward on user-events, and from it to the list), the drained throughput, the bytes the
 worker wrote to its table changelogs per input event, the worker's RSS growth per user and the
 rate at which a clock mark re-ranks the users of the days it closes.
 
@@ -194,6 +195,26 @@ def latencies(
     return out
 
 
+def hop_latencies(
+    recs: Iterable[tuple[str | None, float, str]],
+    sent_at: dict[str, float],
+    forwarded_at: dict[str, float],
+) -> tuple[list[float], list[float]]:
+    """The two hops of :func:`latencies`, for events with a list and a forward record: sent ->
+    forwarded to user-events by the ingest agent, and forwarded -> the list produced."""
+    seen: set[str] = set()
+    ingest, users = [], []
+    for event_id, produced_ts, trigger in recs:
+        if trigger != "event" or event_id not in sent_at or event_id in seen:
+            continue
+        seen.add(event_id)
+        forwarded = forwarded_at.get(event_id)
+        if forwarded is not None:
+            ingest.append(forwarded - sent_at[event_id])
+            users.append(produced_ts - forwarded)
+    return ingest, users
+
+
 # -- broker I/O --------------------------------------------------------------------------------
 def _consumer(settings: Settings):
     from kafka import KafkaConsumer
@@ -275,6 +296,20 @@ def read_recs(settings: Settings, start: dict | None = None) -> list[tuple[str |
         out.append((doc.get("event_id"), float(doc["produced_ts"]), doc.get("trigger", "event")))
 
     scan_topic(settings, settings.topics.full("recommendations"), keep, start=start)
+    return out
+
+
+def read_forwards(settings: Settings) -> dict[str, float]:
+    """event_id -> when the ingest agent forwarded it to user-events (the record's timestamp,
+    taken when the worker's producer appended it; the first one if redelivered)."""
+    out: dict[str, float] = {}
+
+    def keep(r) -> None:
+        event_id = json.loads(r.value).get("event_id")
+        if event_id is not None and event_id not in out:
+            out[event_id] = r.timestamp / 1000.0
+
+    scan_topic(settings, settings.topics.full("user_events"), keep)
     return out
 
 
@@ -661,6 +696,7 @@ def run_stream(args: argparse.Namespace) -> int:
         print("reading recommendations and changelogs ...", flush=True)
         recs = read_recs(settings)
         by_event = [r for r in recs if r[2] == "event"]
+        forwarded_at = read_forwards(settings)
         out["events_sent"] = len(sent)
         out["recommendations_event"] = len(by_event)
         for rate, ids in zip(loads, load_ids):
@@ -670,6 +706,12 @@ def run_stream(args: argparse.Namespace) -> int:
             out[f"events_at_{rate:g}"] = len(ids)
             for q, v in ms_percentiles(lat).items():
                 out[f"latency_ms_{q}_at_{rate:g}"] = v
+            # where the time goes: views/purchases -> user-events (the ingest hop) and
+            # user-events -> the list (the users hop), from the forward records' timestamps
+            hops = hop_latencies(by_event, mine, forwarded_at)
+            for hop, values in zip(("ingest", "users"), hops):
+                for q, v in ms_percentiles(values).items():
+                    out[f"latency_ms_{q}_at_{rate:g}_{hop}_hop"] = v
             # the same without the load's first second (a cold start shows here first)
             if mine:
                 start = min(mine.values()) + 1.0

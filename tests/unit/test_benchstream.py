@@ -11,6 +11,7 @@ from vrec_tools.benchstream import (
     DAY,
     customer_baskets,
     due,
+    hop_latencies,
     latencies,
     ms_percentiles,
     next_day_start,
@@ -155,3 +156,22 @@ def test_latencies_match_event_recommendations_once():
     assert latencies(recs, sent) == [0.25, 0.5]
     assert ms_percentiles([0.25, 0.5]) == {"p50": 375.0, "p99": 497.5}
     assert ms_percentiles([]) == {}
+
+
+def test_hop_latencies_split_each_answered_event_at_its_forward():
+    sent = {"e1": 100.0, "e2": 100.5, "e3": 101.0}
+    forwarded = {"e1": 100.1, "e2": 100.6, "e3": 101.2}
+    recs = [
+        ("e1", 100.25, "event"),
+        ("e1", 103.0, "event"),  # redelivered: the first answer counts
+        ("e3", 101.5, "event"),
+        (None, 110.0, "day_close"),
+    ]
+    ingest, users = hop_latencies(recs, sent, forwarded)
+    assert ingest == pytest.approx([0.1, 0.2])
+    assert users == pytest.approx([0.15, 0.3])
+    # each event's hops add up to its latency
+    total = [a + b for a, b in zip(ingest, users)]
+    assert total == pytest.approx(latencies(recs, sent))
+    # an event without a forward record (not read back) is left out of both hops
+    assert hop_latencies(recs, sent, {"e3": 101.2}) == (pytest.approx([0.2]), pytest.approx([0.3]))
