@@ -1,4 +1,5 @@
-"""A fast path for faust-streaming 0.15.3's per-message dispatch (pinned in pyproject.toml).
+"""Two workarounds for faust-streaming 0.15.3 (pinned in pyproject.toml): a fast path for its
+per-message dispatch, and fetch stalls on the changelogs it pauses (below).
 
 Faust's fetch loop (``faust.transport.consumer.Consumer._drain_messages``) hands every message to
 the conductor with ``await self.wait_first(callback(message), self.suspend_flow.wait())``.
