@@ -181,18 +181,24 @@ def ms_percentiles(seconds: Sequence[float], qs: Sequence[int] = (50, 99)) -> di
     return {f"p{q}": round(float(np.percentile(arr, q)), 1) for q in qs}
 
 
+def first_answers(
+    recs: Iterable[tuple[str | None, float, str]], sent_at: dict[str, float]
+) -> dict[str, float]:
+    """event_id -> produced_ts of the recommendation answering each event in ``sent_at``
+    (trigger "event"; the first one if redelivered), in the recommendations' order."""
+    out: dict[str, float] = {}
+    for event_id, produced_ts, trigger in recs:
+        if trigger == "event" and event_id in sent_at and event_id not in out:
+            out[event_id] = produced_ts
+    return out
+
+
 def latencies(
     recs: Iterable[tuple[str | None, float, str]], sent_at: dict[str, float]
 ) -> list[float]:
-    """produced_ts - sent wall time of each (event_id, produced_ts, trigger) recommendation
-    answering an event in ``sent_at`` (trigger "event"; the first one if redelivered)."""
-    seen: set[str] = set()
-    out = []
-    for event_id, produced_ts, trigger in recs:
-        if trigger == "event" and event_id in sent_at and event_id not in seen:
-            seen.add(event_id)
-            out.append(produced_ts - sent_at[event_id])
-    return out
+    """produced_ts - sent wall time of each recommendation answering an event in ``sent_at``
+    (:func:`first_answers`)."""
+    return [ts - sent_at[e] for e, ts in first_answers(recs, sent_at).items()]
 
 
 def hop_latencies(
@@ -202,12 +208,8 @@ def hop_latencies(
 ) -> tuple[list[float], list[float]]:
     """The two hops of :func:`latencies`, for events with a list and a forward record: sent ->
     forwarded to user-events by the ingest agent, and forwarded -> the list produced."""
-    seen: set[str] = set()
     ingest, users = [], []
-    for event_id, produced_ts, trigger in recs:
-        if trigger != "event" or event_id not in sent_at or event_id in seen:
-            continue
-        seen.add(event_id)
+    for event_id, produced_ts in first_answers(recs, sent_at).items():
         forwarded = forwarded_at.get(event_id)
         if forwarded is not None:
             ingest.append(forwarded - sent_at[event_id])
