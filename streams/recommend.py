@@ -442,10 +442,16 @@ def _own_cosines(
         k=ctx.config.k,
         keep=keep,
     )
-    for u in np.flatnonzero(needed[:, n_head:].any(axis=1)).tolist():
-        cols = np.flatnonzero(needed[u, n_head:])
-        extra = extras[u]
-        vis[u, n_head + cols] = item_cosines(users[u][1], [extra[c] for c in cols.tolist()], cat)
+    users_at, cols = np.nonzero(needed[:, n_head:])
+    if not len(users_at):
+        return
+    who = np.unique(users_at)
+    units = np.zeros((n_users, cat.dim), dtype=np.float32)
+    for u in who.tolist():
+        vec = users[u][1]
+        units[u] = vec / np.linalg.norm(vec)
+    ids = [extras[u][c] for u, c in zip(users_at.tolist(), cols.tolist())]
+    vis[users_at, n_head + cols] = pair_cosines(units, users_at, ids, cat)
 
 
 def hybrid_causes(
@@ -507,10 +513,9 @@ def visual_causes_of(
 ) -> list[list[Scored]]:
     """Visual items of each user's list pointed at the most similar of that user's recent
     items (:func:`anchors_of`; on a tie: a purchase, then the newer item); items without a
-    vector point at nothing. All users' similarities come from one stacked product of
-    per-user blocks of a fixed shape (k items x :data:`ANCHORS` anchors, zero-padded): BLAS
-    sums a product in an order that depends on its shape, so blocks sized to the batch could
-    break a near-tie between two anchors differently depending on who else is in it."""
+    vector point at nothing. The vectors of all users' items and anchors are read once; each
+    (item, anchor) similarity is one fixed-order sum (``einsum``), so it does not depend on who
+    else is in the batch (a BLAS product's sums depend on its shape)."""
     out = [list(ranked) for ranked in lists]
     todo = []  # (user, positions of visual items without a cause, anchors)
     for u, (ranked, state) in enumerate(zip(lists, states)):
@@ -520,27 +525,40 @@ def visual_causes_of(
             todo.append((u, at, anchors))
     if not todo:
         return out
-    n_items = max(ctx.config.k, *(len(at) for _, at, _ in todo))
-    n_anchors = max(ANCHORS, *(len(anchors) for _, _, anchors in todo))
-    width = n_items + n_anchors
-    ids = [""] * (len(todo) * width)  # "" has no vector: a zero row
+    slot: dict[str, int] = {}  # item id -> its row in ``unit``
+    for u, at, anchors in todo:
+        for n in at:
+            slot.setdefault(lists[u][n].item_id, len(slot))
+        for item_id, _ in anchors:
+            slot.setdefault(item_id, len(slot))
+    unit = _unit_rows(list(slot), ctx.catalogue)
+    usable = unit.any(axis=1).tolist()
+    # the pairs (todo entry, item position, anchor position) of usable items and anchors
+    pair_t, pair_i, pair_a, rows_i, rows_a = [], [], [], [], []
     for t, (u, at, anchors) in enumerate(todo):
-        base = t * width
-        for i, n in enumerate(at):
-            ids[base + i] = lists[u][n].item_id
-        for a, (item_id, _) in enumerate(anchors):
-            ids[base + n_items + a] = item_id
-    unit = _unit_rows(ids, ctx.catalogue).reshape(len(todo), width, -1)
-    usable = unit.any(axis=2)  # (users, width)
-    sims = np.matmul(unit[:, :n_items], unit[:, n_items:].transpose(0, 2, 1))  # (users, i, a)
-    sims = np.where(usable[:, None, n_items:], sims, -np.inf)
+        items = [(i, slot[lists[u][n].item_id]) for i, n in enumerate(at)]
+        items = [(i, r) for i, r in items if usable[r]]
+        mine = [(a, slot[item_id]) for a, (item_id, _) in enumerate(anchors)]
+        mine = [(a, r) for a, r in mine if usable[r]]
+        for i, ri in items:
+            pair_t.extend([t] * len(mine))
+            pair_i.extend([i] * len(mine))
+            rows_i.extend([ri] * len(mine))
+            pair_a.extend(a for a, _ in mine)
+            rows_a.extend(r for _, r in mine)
+    if not pair_t:
+        return out
+    n_items = max(len(at) for _, at, _ in todo)
+    n_anchors = max(len(anchors) for _, _, anchors in todo)
+    sims = np.full((len(todo), n_items, n_anchors), -np.inf, dtype=np.float32)
+    sims[pair_t, pair_i, pair_a] = np.einsum("ij,ij->i", unit[rows_i], unit[rows_a])
     best = sims.max(axis=2)
     ties = sims == best[..., None]
     first = ties.argmax(axis=2)  # the newest of the most similar anchors
     n_ties = ties.sum(axis=2)
     for t, (u, at, anchors) in enumerate(todo):
         for i, n in enumerate(at):
-            if not usable[t, i] or best[t, i] == -np.inf:
+            if best[t, i] == -np.inf:  # no vector, or no anchor with one
                 continue
             pick = int(first[t, i])
             if n_ties[t, i] > 1:  # a purchase among the tied anchors wins, else the newest
@@ -552,25 +570,35 @@ def visual_causes_of(
 
 
 def item_cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
-    """Cosine of the user vector with each item's vector (0 for items without one).
+    """Cosine of the user vector with each item's vector (0 for items without one)."""
+    unit = (vec / np.linalg.norm(vec)).astype(np.float32)
+    return pair_cosines(unit[None, :], np.zeros(len(ids), dtype=np.intp), ids, cat)
+
+
+def pair_cosines(
+    units: np.ndarray, user_at: np.ndarray, ids: Sequence[str], cat: Catalogue
+) -> np.ndarray:
+    """Cosine of ``units[user_at[n]]`` (unit float32 user vectors) with item ``ids[n]``'s
+    vector, for every n (0 for items without one): many users' candidates in one gather.
 
     Each cosine is a function of the item and the user vector alone: the dot products are one
-    fixed-order sum per item (``einsum``), not a BLAS matrix-vector product, whose sums depend
-    on which other rows, in which order, it is given. The ids come in set order, which differs
-    between processes, so with BLAS a restarted worker could score the same user differently
-    in the last digits.
+    fixed-order sum per pair (``einsum``), not a BLAS product, whose sums depend on which other
+    rows, in which order, it is given. The ids come in set order, which differs between
+    processes, and with other users' candidates around them, so with BLAS a restarted worker
+    (or another batch) could score the same user differently in the last digits.
     """
-    if not ids:
+    if not len(ids):
         return np.zeros(0)
-    unit = (vec / np.linalg.norm(vec)).astype(np.float32)
     rows = cat.rows_of(ids)
     have = rows >= 0
     if have.all():
-        return np.einsum("ij,j->i", cat.rows(rows), unit).astype(np.float64) / cat.norms(rows)
+        dots = np.einsum("ij,ij->i", cat.rows(rows), units[user_at])
+        return dots.astype(np.float64) / cat.norms(rows)
     out = np.zeros(len(ids))
     if have.any():
         idx = rows[have]
-        out[have] = np.einsum("ij,j->i", cat.rows(idx), unit).astype(np.float64) / cat.norms(idx)
+        dots = np.einsum("ij,ij->i", cat.rows(idx), units[user_at[have]])
+        out[have] = dots.astype(np.float64) / cat.norms(idx)
     return out
 
 
