@@ -13,6 +13,7 @@ an increment writes a few bytes, not the whole row.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import itemgetter
@@ -24,7 +25,9 @@ class CoPurchase:
     def __init__(self, max_neighbours: int = 200) -> None:
         self.max_neighbours = max_neighbours
         self.counts: dict[str, dict[str, int]] = defaultdict(dict)
-        self._sorted: dict[str, list[tuple[str, int]]] = {}  # row -> neighbours in rank order
+        # row -> its neighbours in rank order as (-count, neighbour, code), built when a row is
+        # first read and kept in order on each increment (a move by bisection, not a re-sort)
+        self._ranked: dict[str, list[tuple[int, str, int]]] = {}
         # row -> (neighbour codes, counts) of its head, in rank order; codes index self._names
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._code: dict[str, int] = {}
@@ -50,8 +53,9 @@ class CoPurchase:
                 if counted is not None and counted(row_id, other):
                     continue
                 row = self.counts[row_id]
-                row[other] = row.get(other, 0) + 1
-                self._forget(row_id)
+                old = row.get(other, 0)
+                row[other] = old + 1
+                self._moved(row_id, other, old)
                 changed.append((row_id, other))
                 if len(row) > self.max_neighbours:
                     for j in self._trim(row_id):
@@ -62,15 +66,44 @@ class CoPurchase:
         return changed, dropped
 
     def _forget(self, row_id: str) -> None:
-        self._sorted.pop(row_id, None)
+        self._ranked.pop(row_id, None)
         self._arrays.pop(row_id, None)
 
+    def _moved(self, row_id: str, other: str, old: int) -> None:
+        """Keep a row's rank order after ``other``'s count went from ``old`` to ``old + 1``."""
+        self._arrays.pop(row_id, None)
+        ranked = self._ranked.get(row_id)
+        if ranked is None:
+            return
+        if old:
+            del ranked[bisect_left(ranked, (-old, other))]  # (-old, other, code) follows it
+        insort(ranked, (-old - 1, other, self._code_of(other)))
+
+    def _code_of(self, item: str) -> int:
+        code = self._code.get(item)
+        if code is None:
+            code = self._code[item] = len(self._names)
+            self._names.append(item)
+        return code
+
+    def _rank(self, item: str) -> list[tuple[int, str, int]]:
+        """The row's neighbours in rank order (count desc, then id), cached."""
+        ranked = self._ranked.get(item)
+        if ranked is None:
+            code_of = self._code_of
+            row = self.counts.get(item, {})
+            ranked = sorted((-c, j, code_of(j)) for j, c in row.items())
+            if row:
+                self._ranked[item] = ranked
+        return ranked
+
     def _trim(self, row_id: str) -> list[str]:
-        row = self.counts[row_id]
-        ranked = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))
-        gone = [j for j, _ in ranked[self.max_neighbours :]]
+        row, ranked = self.counts[row_id], self._rank(row_id)
+        gone = [j for _, j, _ in ranked[self.max_neighbours :]]
+        del ranked[self.max_neighbours :]
         for j in gone:
             del row[j]
+        self._arrays.pop(row_id, None)
         return gone
 
     def count(self, item: str, other: str) -> int:
@@ -81,15 +114,7 @@ class CoPurchase:
 
     def neighbours(self, item: str, n: int) -> list[tuple[str, int]]:
         """The n items most often bought with ``item`` (count desc, then id)."""
-        ranked = self._sorted.get(item)
-        if ranked is None:
-            row = self.counts.get(item)
-            if not row:
-                return []
-            ranked = sorted(row.items())  # by id, then stably by count desc
-            ranked.sort(key=itemgetter(1), reverse=True)
-            self._sorted[item] = ranked
-        return ranked[:n]
+        return [(j, -neg) for neg, j, _ in self._rank(item)[:n]]
 
     def scores(self, seeds: Mapping[str, float], per_seed: int = 50) -> dict[str, float]:
         """``cf_j = sum_i w_i * co(i, j)`` over the top ``per_seed`` neighbours ``j`` of each
@@ -138,15 +163,10 @@ class CoPurchase:
         if cached is None or (
             len(cached[0]) < n and len(cached[0]) < len(self.counts.get(item, ()))
         ):
-            ranked = self.neighbours(item, n)
-            code = self._code
-            for j, _ in ranked:
-                if j not in code:
-                    code[j] = len(self._names)
-                    self._names.append(j)
+            head = self._rank(item)[:n]
             cached = (
-                np.fromiter((code[j] for j, _ in ranked), dtype=np.int64, count=len(ranked)),
-                np.fromiter((c for _, c in ranked), dtype=np.float64, count=len(ranked)),
+                np.fromiter((code for _, _, code in head), dtype=np.int64, count=len(head)),
+                np.fromiter((-neg for neg, _, _ in head), dtype=np.float64, count=len(head)),
             )
             self._arrays[item] = cached
         ids, counts = cached
