@@ -452,7 +452,7 @@ def _own_cosines(
     if sketch is not None and have.any():
         # narrow the ranges of the cosines still needed, and ask again: ranges only shrink, so
         # the cosines ruled out above stay out
-        user_coords = np.zeros((n_users, sketch.basis.shape[1]), dtype=np.float32)
+        user_coords = np.zeros((n_users, sketch.basis.shape[1]))
         user_rest = np.zeros(n_users)
         for u in np.unique(users_at).tolist():
             user_coords[u], user_rest[u] = sketch.project_one(units[u])
