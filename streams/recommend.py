@@ -336,13 +336,15 @@ def hybrid_lists(
     }
     excluded: tuple[list[int], list[int]] = ([], [])
     causes: list[tuple[dict[str, float], dict[str, float]]] = []  # (rep, seed weights) per user
-    for u, (state, _, exclude) in enumerate(users):
+    seed_weights = []
+    for state, _, _ in users:
         now = state.last_ts
         seeds = sorted(state.last_purchase.items(), key=lambda kv: (-kv[1], kv[0]))
-        seed_w = {i: 2.0 ** ((t - now) / half_life) for i, t in seeds[: cfg.cf_seeds]}
-        cf_ids, cf_vals = ctx.copurchase.score_arrays(
-            seed_w, cfg.cf_per_seed, limit=cfg.cf_candidates
-        )
+        seed_weights.append({i: 2.0 ** ((t - now) / half_life) for i, t in seeds[: cfg.cf_seeds]})
+    cf_of = ctx.copurchase.score_arrays_of(seed_weights, cfg.cf_per_seed, limit=cfg.cf_candidates)
+    for u, ((state, _, exclude), seed_w, (cf_ids, cf_vals)) in enumerate(
+        zip(users, seed_weights, cf_of)
+    ):
         rep = price_weighted(state.rep, cat.price_of, w.price_exponent)
         sib = sibling_scores(rep, cat.code_of, cat.members)
         sib = boost_by_popularity(sib, ctx.trending.score_map, ctx.pop_max, w.sib_pop)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 
 import numpy as np
@@ -126,27 +126,48 @@ class CoPurchase:
         self, seeds: Mapping[str, float], per_seed: int = 50, limit: int | None = None
     ) -> tuple[list[str], np.ndarray]:
         """:meth:`scores` as (ids, sums); with ``limit``, only the ``limit`` best by (sum desc,
-        then id). Vectorised over the seeds' neighbour arrays (items as integer codes)."""
+        then id)."""
+        return self.score_arrays_of([seeds], per_seed, limit)[0]
+
+    def score_arrays_of(
+        self, users: Sequence[Mapping[str, float]], per_seed: int = 50, limit: int | None = None
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """:meth:`score_arrays` for each of many users' seeds at once: the sums of all users
+        are one ``bincount`` over (user, item code) keys, each a sum in the user's seed order,
+        then neighbour order, as for one user alone."""
+        out: list[tuple[list[str], np.ndarray]] = [([], np.zeros(0)) for _ in users]
+        if limit is not None and limit <= 0:
+            return out
         codes: list[np.ndarray] = []
         counts: list[np.ndarray] = []
         weights: list[float] = []
         sizes: list[int] = []
-        for seed, w in seeds.items():
-            head, count = self._neighbour_arrays(seed, per_seed)
-            if len(head):
-                codes.append(head)
-                counts.append(count)
-                weights.append(w)
-                sizes.append(len(head))
-        if not codes or (limit is not None and limit <= 0):
-            return [], np.zeros(0)
-        uniq, index = np.unique(np.concatenate(codes), return_inverse=True)
+        owners: list[int] = []
+        for u, seeds in enumerate(users):
+            for seed, w in seeds.items():
+                head, count = self._neighbour_arrays(seed, per_seed)
+                if len(head):
+                    codes.append(head)
+                    counts.append(count)
+                    weights.append(w)
+                    sizes.append(len(head))
+                    owners.append(u)
+        if not codes:
+            return out
+        n_codes = len(self._names)
+        owner = np.repeat(np.array(owners, dtype=np.int64), sizes)
+        keys, index = np.unique(owner * n_codes + np.concatenate(codes), return_inverse=True)
         parts = np.repeat(np.array(weights, dtype=np.float64), sizes) * np.concatenate(counts)
         sums = np.bincount(index.ravel(), weights=parts)
-        if limit is not None and len(uniq) > limit:
-            keep = self._best(uniq, sums, limit)
-            uniq, sums = uniq[keep], sums[keep]
-        return _pick(self._names, uniq.tolist()), sums
+        key_owner, key_code = np.divmod(keys, n_codes)
+        starts = np.searchsorted(key_owner, np.arange(len(users) + 1)).tolist()
+        for u in sorted(set(owners)):
+            mine, mine_sums = key_code[starts[u] : starts[u + 1]], sums[starts[u] : starts[u + 1]]
+            if limit is not None and len(mine) > limit:
+                keep = self._best(mine, mine_sums, limit)
+                mine, mine_sums = mine[keep], mine_sums[keep]
+            out[u] = _pick(self._names, mine.tolist()), mine_sums
+        return out
 
     def _best(self, codes: np.ndarray, sums: np.ndarray, m: int) -> np.ndarray:
         """Positions of the ``m`` best sums by (sum desc, then item id)."""
