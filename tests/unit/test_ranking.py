@@ -998,8 +998,9 @@ def test_an_items_cosine_does_not_depend_on_the_other_ids_or_their_order():
 @pytest.mark.parametrize("signed", [False, True])
 def test_the_catalogue_sketch_bounds_every_cosine(signed):
     """Each cosine the ranker computes (pair_cosines) lies inside the sketch's interval: for
-    items fitted, put after the fit and re-put, unsigned and signed vectors, zero vectors, and
-    user vectors near and far from the sample the basis was fitted to."""
+    items fitted, put after the fit (beyond the matrix's first growth) and re-put, unsigned and
+    signed vectors, zero vectors, and user vectors near and far from the sample the basis was
+    fitted to."""
     rng = np.random.default_rng(11)
     dim = 96
     mix = rng.random((8, dim)) - (0.5 if signed else 0.0)  # a few directions, like features
@@ -1012,9 +1013,9 @@ def test_the_catalogue_sketch_bounds_every_cosine(signed):
     for n in range(SKETCH_MIN_ROWS - 1):
         cat.put(f"i{n}", vec(), {})
     assert cat.sketch is None  # too small to sketch
-    for n in range(SKETCH_MIN_ROWS - 1, 700):
+    for n in range(SKETCH_MIN_ROWS - 1, 1100):  # the matrix grows past 1,024 rows
         cat.put(f"i{n}", vec(), {})
-    assert cat.sketch is not None and cat.sketch.fitted_rows == 512  # fitted again at 512
+    assert cat.sketch is not None and cat.sketch.fitted_rows == 1024  # fitted at 256, 512, 1,024
     cat.put("zero", np.zeros(dim, dtype=np.float32), {})
     cat.put("i3", vec(), {})  # re-put: its sketch follows
     ids = [*cat._ids]
