@@ -59,10 +59,11 @@ class CosineSketch:
         return cls(q @ vt[:dims].T, capacity)
 
     def grow(self, capacity: int) -> None:
+        """Room for ``capacity`` rows (the catalogue's matrix grew)."""
         extra = capacity - len(self.rest)
         if extra > 0:
-            self.coords = np.concatenate([self.coords, np.zeros((extra, self.coords.shape[1]))])
-            self.coords = self.coords.astype(np.float32)
+            zeros = np.zeros((extra, self.coords.shape[1]), dtype=np.float32)
+            self.coords = np.concatenate([self.coords, zeros])
             self.rest = np.concatenate([self.rest, np.zeros(extra)])
 
     def set_rows(self, rows: np.ndarray, vectors: np.ndarray) -> None:
@@ -72,8 +73,8 @@ class CosineSketch:
         self.rest[rows] = rest
 
     def project(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(coordinates, remainder norms) of the unit ``vectors`` (in float64: the bounds'
-        margin is for the cosines' float32 sums alone)."""
+        """(coordinates, remainder norms) of ``vectors`` scaled to unit length (in float64: the
+        bounds' margin is for the cosines' float32 sums alone)."""
         unit = _unit(vectors).astype(np.float64)
         coords = unit @ self.basis
         return coords, np.linalg.norm(unit - coords @ self.basis.T, axis=1)
