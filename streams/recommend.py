@@ -433,13 +433,10 @@ def _own_cosines(
     known = np.zeros((n_users, width), dtype=bool)
     known[:, :n_head] = True
     low = np.full((n_users, 1), -1.0)  # the lowest possible cosine per user
-    units = np.zeros((n_users, cat.dim), dtype=np.float32)
     for u, (_, vec, _) in enumerate(users):
         if vec is None:
             known[u] = True  # no vector: no visual part
-            continue
-        units[u] = vec / np.linalg.norm(vec)
-        if cat.nonnegative and vec.min() >= 0:
+        elif cat.nonnegative and vec.min() >= 0:
             low[u] = 0.0
     weights, k = ctx.config.weights, ctx.config.k
     needed = cosines_needed(
@@ -450,13 +447,18 @@ def _own_cosines(
         return
     cols += n_head
     rows = cat.rows_of([extras[u][c - n_head] for u, c in zip(users_at.tolist(), cols.tolist())])
+    asking = np.unique(users_at).tolist()  # users with a cosine still needed
+    units = np.zeros((n_users, cat.dim), dtype=np.float32)
+    for u in asking:
+        vec = users[u][1]
+        units[u] = vec / np.linalg.norm(vec)
     sketch, have = cat.sketch, rows >= 0
     if sketch is not None and have.any():
         # narrow the ranges of the cosines still needed, and ask again: ranges only shrink, so
         # the cosines ruled out above stay out
         user_coords = np.zeros((n_users, sketch.basis.shape[1]))
         user_rest = np.zeros(n_users)
-        for u in np.unique(users_at).tolist():
+        for u in asking:
             user_coords[u], user_rest[u] = sketch.project_one(units[u])
         at = users_at[have], cols[have]
         cell_low, cell_high = sketch.bounds(rows[have], user_coords[at[0]], user_rest[at[0]])
@@ -594,12 +596,6 @@ def visual_causes_of(
             s = out[u][n]
             out[u][n] = Scored(s.item_id, s.score, s.reason, anchors[pick][0])
     return out
-
-
-def item_cosines(vec: np.ndarray, ids: Sequence[str], cat: Catalogue) -> np.ndarray:
-    """Cosine of the user vector with each item's vector (0 for items without one)."""
-    unit = (vec / np.linalg.norm(vec)).astype(np.float32)
-    return pair_cosines(unit[None, :], np.zeros(len(ids), dtype=np.intp), cat.rows_of(ids), cat)
 
 
 def pair_cosines(

@@ -28,7 +28,6 @@ from streams.ranking.hybrid import (
 from streams.recommend import (
     RankConfig,
     RankContext,
-    item_cosines,
     pair_cosines,
     rank_one,
     rank_states,
@@ -983,6 +982,11 @@ def test_an_items_cosine_does_not_depend_on_the_other_ids_or_their_order():
     rng = np.random.default_rng(3)
     cat = _catalogue({f"i{n}": rng.random(1280).astype(np.float32) for n in range(400)})
     vec = rng.random(1280)
+
+    def item_cosines(vec, ids, cat):  # one user's cosines, as the ranker gathers them
+        unit = (vec / np.linalg.norm(vec)).astype(np.float32)[None, :]
+        return pair_cosines(unit, np.zeros(len(ids), dtype=np.intp), cat.rows_of(ids), cat)
+
     ids = [f"i{n}" for n in range(400)] + ["missing"]
     ref = dict(zip(ids, item_cosines(vec, ids, cat).tolist()))
     assert ref["missing"] == 0.0
