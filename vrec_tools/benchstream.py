@@ -504,6 +504,10 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--batch-max", type=int, help="users agent micro-batch size (new core)")
     ap.add_argument("--batch-within", type=float, help="users agent micro-batch wait, s")
+    ap.add_argument(
+        "--batch-backlog", type=int, help="records behind from which batches grow (0: never)"
+    )
+    ap.add_argument("--batch-backlog-within", type=float, help="a growing batch's longest wait, s")
     ap.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics")
 
 
@@ -513,7 +517,12 @@ def bench_settings(args: argparse.Namespace, kind: str) -> Settings:
     update: dict[str, Any] = {"partitions": args.partitions}
     if args.embedding_cache:
         update["embedding_cache"] = str(args.embedding_cache)
-    for name, value in (("batch_max", args.batch_max), ("batch_within_s", args.batch_within)):
+    for name, value in (
+        ("batch_max", args.batch_max),
+        ("batch_within_s", args.batch_within),
+        ("batch_backlog", args.batch_backlog),
+        ("batch_backlog_within_s", args.batch_backlog_within),
+    ):
         if value is not None:
             if name not in S.model_fields:
                 raise SystemExit(f"this worker has no setting {name!r} yet")
@@ -579,7 +588,8 @@ def _report(out: dict[str, Any], path: Path | None) -> None:
 
 def _settings_summary(settings: Settings) -> dict[str, Any]:
     keys = ("partitions", "store", "table_store", "ranker", "processing_guarantee")
-    keys += ("batch_max", "batch_within_s", "embedding_cache", "app_id")
+    keys += ("batch_max", "batch_within_s", "batch_backlog", "batch_backlog_within_s")
+    keys += ("embedding_cache", "app_id")
     dump = settings.model_dump(mode="json")
     return {k: dump[k] for k in keys if k in dump}
 

@@ -5,8 +5,9 @@ partition, behind the events already forwarded there. Every record's ``ts`` pass
 policy (:mod:`streams.eventtime`) first; each forwarded interaction carries its source position
 (topic, partition, offset), which the users agent folds once.
 
-Records are taken in micro-batches (``batch_max``, ``batch_within_s``); an item is known when the
-worker's catalogue mirror holds it. The ingest fixes the order in which a user's events are
+Records are taken in micro-batches (``batch_max``, ``batch_within_s``, growing while the worker is
+behind: :mod:`streams.agents.batching`); an item is known when the worker's catalogue mirror
+holds it. The ingest fixes the order in which a user's events are
 folded (the user-events partition order), so a replay can be checked against an independent
 computation over the same order. A batch's records go to the producer as one record batch per
 user-events partition, in the batch's order, before its offsets can be committed (under
@@ -22,6 +23,7 @@ import faust
 from pydantic import ValidationError
 
 from streams import metrics
+from streams.agents.batching import take_batches
 from streams.deadletters import DeadLetterSink, describe
 from streams.events import (
     SOURCE_PURCHASES,
@@ -113,6 +115,6 @@ def register(app: faust.App, topics: Topics, rt: Runtime, dead: DeadLetterSink) 
 
     @app.agent(topics.interactions, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(users.batch_max, within=users.batch_within_s):
+        async for batch in take_batches(stream, users):
             # handed to the producer before the batch's offsets can be committed
             await send(await checked(batch))

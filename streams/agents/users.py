@@ -1,7 +1,7 @@
 """Users agent: user-events -> micro-batches -> fold, rank (streams.userbatch) -> tables, topics.
 
-The agent is a shell: it takes up to ``batch_max`` records (waiting at most ``batch_within_s``),
-groups them by partition, hands each group to :func:`~streams.userbatch.fold_batch` and
+The agent is a shell: it takes up to ``batch_max`` records (waiting at most ``batch_within_s``;
+longer while the worker is behind, :mod:`streams.agents.batching`), groups them by partition, hands each group to :func:`~streams.userbatch.fold_batch` and
 :func:`~streams.userbatch.rank_batch`, then publishes one recommendation per user of the batch
 and writes the tables (user states last, once the broker has the shared cells: a crash before
 that redelivers the batch, and the offsets kept in each user state and each shared cell make the
@@ -30,6 +30,7 @@ import faust
 import faust.streams as faust_streams
 
 from streams import metrics
+from streams.agents.batching import take_batches
 from streams.deadletters import DeadLetterSink
 from streams.events import Recommendation, Tick, is_tick, json_object
 from streams.experiment import from_settings
@@ -268,7 +269,7 @@ def register(
 
     @app.agent(topics.user_events, name="users")
     async def users(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(batching.batch_max, within=batching.batch_within_s):
+        async for batch in take_batches(stream, batching):
             if not parts.loaded:
                 parts.load(tables.trending, tables.copurchase, tables.active)
             by_partition: dict[int, list[faust.EventT]] = {}
