@@ -161,6 +161,14 @@ class Catalogue:
     def rows(self, idx: np.ndarray) -> np.ndarray:
         return self._mat[idx]
 
+    @property
+    def matrix(self) -> np.ndarray:
+        """The float32 vectors by row (:meth:`rows_of`), a read-only view; rows past the last
+        item are zeros."""
+        view = self._mat.view()
+        view.flags.writeable = False
+        return view
+
     def norms(self, idx: np.ndarray) -> np.ndarray:
         """Euclidean norms of the rows (1 for a zero vector: cosines with it are 0)."""
         return self._norms[idx]

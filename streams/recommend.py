@@ -543,8 +543,8 @@ def visual_causes_of(
     """Visual items of each user's list pointed at the most similar of that user's recent
     items (:func:`anchors_of`; on a tie: a purchase, then the newer item); items without a
     vector point at nothing. The vectors of all users' items and anchors are read once; each
-    (item, anchor) similarity is one fixed-order sum (``einsum``), so it does not depend on who
-    else is in the batch (a BLAS product's sums depend on its shape)."""
+    (item, anchor) similarity is one fixed-order sum (:func:`row_dots`), so it does not depend
+    on who else is in the batch (a BLAS product's sums depend on its shape)."""
     out = [list(ranked) for ranked in lists]
     todo = []  # (user, positions of visual items without a cause, anchors)
     for u, (ranked, state) in enumerate(zip(lists, states)):
@@ -555,46 +555,49 @@ def visual_causes_of(
     if not todo:
         return out
     slot: dict[str, int] = {}  # item id -> its row in ``unit``
-    for u, at, anchors in todo:
-        for n in at:
-            slot.setdefault(lists[u][n].item_id, len(slot))
-        for item_id, _ in anchors:
-            slot.setdefault(item_id, len(slot))
-    unit = _unit_rows(list(slot), ctx.catalogue)
-    usable = unit.any(axis=1).tolist()
-    # the pairs (todo entry, item position, anchor position) of usable items and anchors
-    pair_t, pair_i, pair_a, rows_i, rows_a = [], [], [], [], []
-    for t, (u, at, anchors) in enumerate(todo):
-        items = [(i, slot[lists[u][n].item_id]) for i, n in enumerate(at)]
-        items = [(i, r) for i, r in items if usable[r]]
-        mine = [(a, slot[item_id]) for a, (item_id, _) in enumerate(anchors)]
-        mine = [(a, r) for a, r in mine if usable[r]]
-        for i, ri in items:
-            pair_t.extend([t] * len(mine))
-            pair_i.extend([i] * len(mine))
-            rows_i.extend([ri] * len(mine))
-            pair_a.extend(a for a, _ in mine)
-            rows_a.extend(r for _, r in mine)
-    if not pair_t:
-        return out
     n_items = max(len(at) for _, at, _ in todo)
     n_anchors = max(len(anchors) for _, _, anchors in todo)
-    sims = np.full((len(todo), n_items, n_anchors), -np.inf, dtype=np.float32)
-    sims[pair_t, pair_i, pair_a] = np.einsum("ij,ij->i", unit[rows_i], unit[rows_a])
+    item_slots = np.full((len(todo), n_items), -1, dtype=np.intp)  # -1: padding
+    anchor_slots = np.full((len(todo), n_anchors), -1, dtype=np.intp)
+    for t, (u, at, anchors) in enumerate(todo):
+        item_slots[t, : len(at)] = [slot.setdefault(lists[u][n].item_id, len(slot)) for n in at]
+        anchor_slots[t, : len(anchors)] = [slot.setdefault(i, len(slot)) for i, _ in anchors]
+    unit = _unit_rows(list(slot), ctx.catalogue)
+    usable = np.append(unit.any(axis=1), False)  # [-1]: padding is not usable
+    # the pairs of usable items and anchors, in (entry, item, anchor) order
+    pairs = usable[item_slots][:, :, None] & usable[anchor_slots][:, None, :]
+    rows_i = np.broadcast_to(item_slots[:, :, None], pairs.shape)[pairs]
+    rows_a = np.broadcast_to(anchor_slots[:, None, :], pairs.shape)[pairs]
+    sims = np.full(pairs.shape, -np.inf, dtype=np.float32)
+    sims[pairs] = row_dots(unit, rows_i, unit, rows_a)
     best = sims.max(axis=2)
     ties = sims == best[..., None]
     first = ties.argmax(axis=2)  # the newest of the most similar anchors
     n_ties = ties.sum(axis=2)
-    for t, (u, at, anchors) in enumerate(todo):
-        for i, n in enumerate(at):
-            if best[t, i] == -np.inf:  # no vector, or no anchor with one
-                continue
-            pick = int(first[t, i])
-            if n_ties[t, i] > 1:  # a purchase among the tied anchors wins, else the newest
-                tied = np.flatnonzero(ties[t, i]).tolist()
-                pick = next((a for a in tied if anchors[a][1]), tied[0])
-            s = out[u][n]
-            out[u][n] = Scored(s.item_id, s.score, s.reason, anchors[pick][0])
+    found = best > -np.inf  # false: no vector, or no anchor with one
+    for t, i in zip(*np.nonzero(found)):
+        u, at, anchors = todo[t]
+        pick = int(first[t, i])
+        if n_ties[t, i] > 1:  # a purchase among the tied anchors wins, else the newest
+            tied = np.flatnonzero(ties[t, i]).tolist()
+            pick = next((a for a in tied if anchors[a][1]), tied[0])
+        n = at[i]
+        s = out[u][n]
+        out[u][n] = Scored(s.item_id, s.score, s.reason, anchors[pick][0])
+    return out
+
+
+DOT_CHUNK = 1024  # rows per gather in row_dots: ~5 MB per operand at 1280 float32 dimensions
+
+
+def row_dots(a: np.ndarray, rows_a: np.ndarray, b: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+    """``a[rows_a[n]] . b[rows_b[n]]`` for every n: one fixed-order sum per pair (``einsum``),
+    whatever the other pairs, gathered ``DOT_CHUNK`` rows at a time (a batch's pairs gathered at
+    once were two 40-90 MB temporaries, and their fresh pages cost more than the sums)."""
+    out = np.empty(len(rows_a), dtype=np.result_type(a, b))
+    for start in range(0, len(rows_a), DOT_CHUNK):
+        end = start + DOT_CHUNK
+        out[start:end] = np.einsum("ij,ij->i", a[rows_a[start:end]], b[rows_b[start:end]])
     return out
 
 
@@ -603,11 +606,11 @@ def pair_cosines(
 ) -> np.ndarray:
     """Cosine of ``units[user_at[n]]`` (unit float32 user vectors) with catalogue row
     ``rows[n]``'s vector, for every n (0 for a row of -1: no vector): many users' candidates in
-    one gather.
+    one pass.
 
     Each cosine is a function of the item and the user vector alone: the dot products are one
-    fixed-order sum per pair (``einsum``), not a BLAS product, whose sums depend on which other
-    rows, in which order, it is given. The ids come in set order, which differs between
+    fixed-order sum per pair (:func:`row_dots`), not a BLAS product, whose sums depend on which
+    other rows, in which order, it is given. The ids come in set order, which differs between
     processes, and with other users' candidates around them, so with BLAS a restarted worker
     (or another batch) could score the same user differently in the last digits.
     """
@@ -615,12 +618,12 @@ def pair_cosines(
         return np.zeros(0)
     have = rows >= 0
     if have.all():
-        dots = np.einsum("ij,ij->i", cat.rows(rows), units[user_at])
+        dots = row_dots(cat.matrix, rows, units, user_at)
         return dots.astype(np.float64) / cat.norms(rows)
     out = np.zeros(len(rows))
     if have.any():
         idx = rows[have]
-        dots = np.einsum("ij,ij->i", cat.rows(idx), units[user_at[have]])
+        dots = row_dots(cat.matrix, idx, units, user_at[have])
         out[have] = dots.astype(np.float64) / cat.norms(idx)
     return out
 

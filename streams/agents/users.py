@@ -1,7 +1,8 @@
 """Users agent: user-events -> micro-batches -> fold, rank (streams.userbatch) -> tables, topics.
 
 The agent is a shell: it takes up to ``batch_max`` records (waiting at most ``batch_within_s``;
-longer while the worker is behind, :mod:`streams.agents.batching`), groups them by partition, hands each group to :func:`~streams.userbatch.fold_batch` and
+longer while the worker is behind, :mod:`streams.agents.batching`), groups them by partition,
+hands each group to :func:`~streams.userbatch.fold_batch` and
 :func:`~streams.userbatch.rank_batch`, then publishes one recommendation per user of the batch
 and writes the tables (user states last, once the broker has the shared cells: a crash before
 that redelivers the batch, and the offsets kept in each user state and each shared cell make the
