@@ -48,7 +48,8 @@ def build_app(settings: Settings) -> VrecApp:
     streaming, worker, web = settings.streaming, settings.worker, settings.web
     worker.data_dir.mkdir(parents=True, exist_ok=True)
     faust_compat.apply(worker.faust_fast_dispatch)  # Faust's per-message tasks (pinned 0.15.3)
-    faust_compat.apply_fetch_pause()  # aiokafka fetches what Faust paused, and stalls (0.15.3)
+    # aiokafka fetches what Faust paused, and stalls (0.15.3); its two waits, shortened
+    faust_compat.apply_fetch_pause(wait_s=worker.fetch_wait_s, backoff_s=worker.fetch_backoff_s)
     app = App(
         streaming.app_id,
         broker=streaming.broker_url,

@@ -1,5 +1,6 @@
-"""Two workarounds for faust-streaming 0.15.3 (pinned in pyproject.toml): a fast path for its
-per-message dispatch, and fetch stalls on the changelogs it pauses (below).
+"""Workarounds for faust-streaming 0.15.3 (pinned in pyproject.toml): a fast path for its
+per-message dispatch, fetch stalls on the changelogs it pauses, and the consumer's fetch waits
+(below).
 
 Faust's fetch loop (``faust.transport.consumer.Consumer._drain_messages``) hands every message to
 the conductor with ``await self.wait_first(callback(message), self.suspend_flow.wait())``.
@@ -38,6 +39,12 @@ follow Faust's: each fetch call (in Faust's consumer thread, where aiokafka runs
 aiokafka the changelog partitions Faust does not ask for, drops what the fetcher buffered for
 them (their position stays at the first record not handed out, so nothing is skipped) and
 resumes them when Faust asks for them again (recovery, standbys).
+
+**Fetch waits** (:func:`tune_fetcher`, with the above): Faust creates aiokafka's consumer with a
+1.5 s fetch wait and aiokafka's fetcher holds back fetches for 0.1 s while records it fetched sit
+untaken; the two hops of a worker (ingest, users agent) share that consumer, and under a backlog
+each could stall the other (the worker's loop was idle ~1/3 of an unthrottled run).
+``VREC_FETCH_WAIT_S`` (0.05) and ``VREC_FETCH_BACKOFF_S`` (0.005) replace them.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ PINNED = "0.15.3"  # the faust-streaming release whose Consumer._drain_messages 
 
 _original_wait_first: Any = None
 _original_fetch_records: Any = None
+_fetch_waits: tuple[float, float] | None = None  # (wait_s, backoff_s) for tune_fetcher
 
 
 @types.coroutine
@@ -179,6 +187,8 @@ async def fetch_following_pauses(
     """Faust's ``AIOKafkaConsumerThread._fetch_records`` after :func:`follow_faust_pauses`
     for the app's changelog topics."""
     faust_consumer = self.consumer
+    if _fetch_waits is not None:
+        tune_fetcher(consumer._fetcher, *_fetch_waits)
     if active_partitions is not None and faust_consumer.flow_active and not consumer._closed:
         changelogs = faust_consumer.app.tables.changelog_topics
         follow_faust_pauses(consumer, active_partitions, changelogs)
@@ -187,10 +197,31 @@ async def fetch_following_pauses(
     )
 
 
-def apply_fetch_pause(enabled: bool = True) -> bool:
+def tune_fetcher(fetcher: Any, wait_s: float, backoff_s: float) -> None:
+    """Set aiokafka's (0.14.0) two fetch waits on a started consumer's ``fetcher`` (neither is
+    a consumer argument that Faust passes on): the longest a fetch request waits on the broker
+    for records (``fetch_max_wait_ms``; Faust fixes it at 1.5 s), and how long records that were
+    fetched but not taken block further fetches from their broker (``prefetch_backoff``, 0.1 s).
+
+    The ingest and users agents share one consumer. When one agent's records sit in the buffer
+    (its stream is full), the other's partition is fetched alone only after the backoff, and
+    that request then waits on the broker until the other agent's partition gets a record or the
+    fetch wait ends, while the first agent's next records, already on the broker, wait behind
+    it: the worker idled about a third of the time with a backlog (py-spy, ``vrec bench
+    stream``). The ingest forwards only what it is fetched, so the two waits could stall each
+    other for up to 1.5 s."""
+    fetcher._fetch_max_wait_ms = int(wait_s * 1000)
+    fetcher._prefetch_backoff = backoff_s
+
+
+def apply_fetch_pause(
+    enabled: bool = True, *, wait_s: float | None = None, backoff_s: float | None = None
+) -> bool:
     """Install (or remove) the fetch-stall workaround; False where faust-streaming is not the
-    pinned release."""
-    global _original_fetch_records
+    pinned release. ``wait_s`` and ``backoff_s`` (both or neither): :func:`tune_fetcher`'s, set
+    on every fetch call (None: aiokafka's and Faust's own)."""
+    global _original_fetch_records, _fetch_waits
+    _fetch_waits = None if wait_s is None or backoff_s is None else (wait_s, backoff_s)
     import faust
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 

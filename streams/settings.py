@@ -136,6 +136,8 @@ class WorkerSettings:
         "log_format": "log_format",
         "gc_threshold": "gc_threshold",
         "faust_fast_dispatch": "faust_fast_dispatch",
+        "fetch_wait_s": "fetch_wait_s",
+        "fetch_backoff_s": "fetch_backoff_s",
     }
 
     roles: frozenset[str]
@@ -144,6 +146,8 @@ class WorkerSettings:
     log_format: str
     gc_threshold: str
     faust_fast_dispatch: bool
+    fetch_wait_s: float
+    fetch_backoff_s: float
 
 
 @dataclass(frozen=True)
@@ -448,6 +452,12 @@ class Settings(BaseSettings):
     # Faust's fetch loop hands a message over without tasks when its handler does not suspend
     # (streams/faust_compat.py); false: Faust's own four tasks per message
     faust_fast_dispatch: bool = True
+    # the worker's Kafka consumer (streams/faust_compat.py, tune_fetcher): the longest a fetch
+    # waits on the broker for records (Faust: 1.5 s), and how long records one agent has not
+    # taken yet hold back fetches for the others (aiokafka: 0.1 s). Both hops (ingest, users)
+    # share the consumer, so either wait could stall one behind the other
+    fetch_wait_s: float = Field(0.05, gt=0)
+    fetch_backoff_s: float = Field(0.005, ge=0)
 
     # -- web ------------------------------------------------------------------------------------
     web_enabled: bool = False
